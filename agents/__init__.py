@@ -1,0 +1,1 @@
+"""Actor-critic, PPO-family loss core, advantages, optimal sampling, trainer."""

@@ -1,0 +1,157 @@
+"""CompressionPlan: what to do to each layer group, plus the global recovery settings.
+
+A plan is plain data (pydantic, JSON). `default` applies to every layer group the plan
+does not name in `groups`; `resolve(names)` spells the decision out for every group so
+that two plans that do the same thing have the same canonical JSON and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import PlanError
+
+Precision = Literal["fp32", "fp16", "int8"]
+Fusion = Literal["none", "conv_bn", "conv_bn_act"]
+UpdateScope = Literal["head", "last_stage", "half", "full"]
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+FUSIONS: tuple[str, ...] = ("none", "conv_bn", "conv_bn_act")
+UPDATE_SCOPES: tuple[str, ...] = ("head", "last_stage", "half", "full")
+#: Largest prune ratio a plan may ask for; a group always keeps some channels.
+MAX_PRUNE_RATIO = 0.95
+#: The default discrete grid of the search (0.0 .. 0.9 step 0.1).
+PRUNE_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupDecision(_Strict):
+    """Decision for one layer group."""
+
+    prune_ratio: float = Field(0.0, ge=0.0, le=MAX_PRUNE_RATIO, description="fraction of output channels removed")
+    precision: Precision = Field("fp32", description="numeric precision of the group's layers in the exported model")
+    fusion: Fusion = Field("conv_bn_act", description="Conv-BN(-activation) folding before export")
+
+    @field_validator("prune_ratio")
+    @classmethod
+    def _round(cls, v: float) -> float:
+        return round(float(v), 4)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from the original model during recovery."""
+
+    temperature: float = Field(4.0, ge=1.0, le=20.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the KD term; 1-alpha weights cross-entropy")
+
+    @field_validator("temperature", "alpha")
+    @classmethod
+    def _round(cls, v: float) -> float:
+        return round(float(v), 4)
+
+
+class UpdateConfig(_Strict):
+    """Which parameters recovery fine-tuning trains, and for how long."""
+
+    scope: UpdateScope = Field("full")
+    budget: int = Field(1, ge=0, le=100, description="recovery epochs over the training split (0 = none)")
+
+
+class CompressionPlan(_Strict):
+    """A complete compression plan."""
+
+    default: GroupDecision = Field(default_factory=GroupDecision)
+    groups: dict[str, GroupDecision] = Field(default_factory=dict)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def uniform(
+        cls,
+        prune_ratio: float = 0.0,
+        precision: Precision = "fp32",
+        fusion: Fusion = "conv_bn_act",
+        *,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+        scope: UpdateScope = "full",
+        budget: int = 1,
+    ) -> CompressionPlan:
+        """The same decision for every group (the baselines users try by hand)."""
+        return cls.parse(
+            {
+                "default": {"prune_ratio": prune_ratio, "precision": precision, "fusion": fusion},
+                "distill": {"temperature": temperature, "alpha": alpha},
+                "update": {"scope": scope, "budget": budget},
+            }
+        )
+
+    @classmethod
+    def parse(cls, data: dict | str | bytes) -> CompressionPlan:
+        """Validate a dict or JSON text; errors name the field path and the allowed values."""
+        try:
+            if isinstance(data, (str, bytes)):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PlanError(format_validation_error(exc, "plan")) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompressionPlan:
+        p = Path(path)
+        if not p.is_file():
+            raise PlanError(f"plan file {p} does not exist; pass the path of a JSON plan (see configs/plans/)")
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise PlanError(f"cannot read plan file {p}: {exc.strerror}") from None
+        return cls.parse(text)
+
+    # -- use ---------------------------------------------------------------------------
+    def decision_for(self, group_name: str) -> GroupDecision:
+        return self.groups.get(group_name, self.default)
+
+    def resolve(self, group_names: Sequence[str]) -> CompressionPlan:
+        """Spell out a decision for every group; unknown group names are an error."""
+        unknown = sorted(set(self.groups) - set(group_names))
+        if unknown:
+            shown = ", ".join(list(group_names)[:8]) + (" ..." if len(group_names) > 8 else "")
+            raise PlanError(f"plan names layer groups the model does not have: {unknown}; the model's groups are: {shown}")
+        return self.model_copy(update={"groups": {n: self.decision_for(n) for n in group_names}})
+
+    def canonical_json(self) -> str:
+        """Sorted keys, no whitespace: equal plans give equal text."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def key(self) -> str:
+        """Stable SHA-256 of the canonical JSON (used by caches and the run store)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def precisions(self) -> set[str]:
+        return {self.default.precision, *(d.precision for d in self.groups.values())}
+
+
+def format_validation_error(exc: ValidationError, root: str) -> str:
+    """One readable line per problem: `plan.default.precision: ... (allowed: fp32, fp16, int8)`."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join([root, *(str(p) for p in err["loc"])])
+        msg = err["msg"]
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            msg += f" (allowed: {ctx['expected']})"
+        given = err.get("input")
+        if not isinstance(given, (dict, list)):
+            msg += f"; got {given!r}"
+        lines.append(f"{path}: {msg}")
+    return "invalid " + root + ":\n  " + "\n  ".join(lines)
