@@ -1,0 +1,235 @@
+"""RunConfig: everything one compression run needs, validated where it enters.
+
+A run configuration is plain data (pydantic, YAML or a dict). It names the model and its
+weights, the data, the target device and how latency and energy are measured there, the
+objective weights and constraints of the reward, the search grid, the penalty for plans that
+fail, and where the run's database and artifacts live. Validation errors name the field path
+and the allowed values, e.g. ``config.latency.probe: ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .plan import FUSIONS, MAX_PRUNE_RATIO, PRECISIONS, PRUNE_GRID, UPDATE_SCOPES, format_validation_error
+
+Precision = Literal["fp32", "fp16", "int8"]
+Fusion = Literal["none", "conv_bn", "conv_bn_act"]
+UpdateScope = Literal["head", "last_stage", "half", "full"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencySettings(_Strict):
+    """How latency is measured on the target (see DESIGN.md section 4)."""
+
+    probe: str = Field("ort-cpu", description="latency probe backend by name (ort-cpu, ort-cuda, ort-trt, tensorrt, remote)")
+    warmup_runs: int = Field(10, ge=0, description="warm-up inferences before timing")
+    warmup_s: float = Field(0.2, ge=0.0, description="minimum warm-up wall time in seconds")
+    min_iterations: int = Field(50, ge=1, description="timed inferences at least")
+    min_seconds: float = Field(1.0, ge=0.0, description="timed wall time at least")
+    threads: int = Field(1, ge=1, description="intra-op threads of the runtime (fixed for comparable figures)")
+    batch_size: int = Field(1, ge=1)
+    address: str | None = Field(None, description="remote://host:port of a `hadmc probe serve` (remote probe only)")
+    token: str | None = Field(None, description="bearer token of the remote probe")
+
+
+class EnergySettings(_Strict):
+    """How energy per inference is measured; `auto` picks NVML, RAPL or INA where readable."""
+
+    probe: str | None = Field("auto", description="energy probe by name, `auto`, or null to skip energy")
+    window_s: float = Field(2.0, ge=0.1, description="length of the back-to-back inference window")
+
+
+class ObjectiveWeights(_Strict):
+    """Weights of the relative terms of the reward (0 switches a term off)."""
+
+    accuracy: float = Field(1.0, ge=0.0)
+    latency: float = Field(1.0, ge=0.0)
+    energy: float = Field(0.0, ge=0.0)
+    size: float = Field(0.25, ge=0.0)
+
+
+class Constraints(_Strict):
+    """Hard-ish constraints, enforced in the reward by hinge penalties."""
+
+    latency_budget_ms: float | None = Field(None, gt=0.0, description="latency the compressed model should meet")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="lowest acceptable top-1 in [0, 1]")
+    latency_penalty: float = Field(1.0, ge=0.0, description="reward lost per unit of relative latency over budget")
+    accuracy_penalty: float = Field(10.0, ge=0.0, description="reward lost per unit of accuracy below the minimum")
+
+
+class SearchSpace(_Strict):
+    """The discrete choices the controller has."""
+
+    prune_grid: tuple[float, ...] = Field(PRUNE_GRID, description="prune ratio levels; must start at 0.0")
+    precisions: tuple[Precision, ...] = Field(PRECISIONS, description="precisions offered (the device may mask more)")
+    fusions: tuple[Fusion, ...] = Field(FUSIONS)
+    update_scopes: tuple[UpdateScope, ...] = Field(UPDATE_SCOPES)
+    update_budgets: tuple[int, ...] = Field((0, 1, 2, 3), description="recovery epoch levels of the update head")
+
+    @field_validator("prune_grid")
+    @classmethod
+    def _grid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v:
+            raise ValueError("needs at least one level")
+        v = tuple(round(float(x), 4) for x in v)
+        if v[0] != 0.0 or list(v) != sorted(set(v)):
+            raise ValueError("must be strictly increasing and start at 0.0 (no pruning)")
+        if v[-1] > MAX_PRUNE_RATIO:
+            raise ValueError(f"levels must lie in [0, {MAX_PRUNE_RATIO}]")
+        return v
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "fp32" not in v:
+            raise ValueError("must include fp32 (the precision every device supports)")
+        return tuple(p for p in PRECISIONS if p in v)  # canonical order, no duplicates
+
+    @field_validator("fusions", "update_scopes")
+    @classmethod
+    def _nonempty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one option")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("update_budgets")
+    @classmethod
+    def _budgets(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 0 or max(v) > 100:
+            raise ValueError("needs at least one level, each in [0, 100]")
+        return tuple(sorted(set(v)))
+
+
+class PipelineSettings(_Strict):
+    """How a plan is applied (pruning importance, recovery, calibration)."""
+
+    importance: Literal["l1", "taylor"] = Field("l1", description="Torch-Pruning channel importance")
+    round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this (tensor cores)")
+    batch_size: int = Field(64, ge=1, description="batch size of recovery training and evaluation")
+    learning_rate: float = Field(1e-3, gt=0.0, description="recovery fine-tuning learning rate")
+    calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
+    max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
+    max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
+
+
+class RunConfig(_Strict):
+    """One compression run.
+
+    :param name: run name; the run directory is ``run_dir`` (default ``runs/<name>``)
+    :param model: architecture by name (``default`` = the embedded digits CNN, or a torchvision name)
+    :param weights: local weights file (``.pt`` loaded with ``weights_only=True``, or ``.safetensors``)
+    :param data: ``digits`` (bundled), a CIFAR-10 directory, or an ImageFolder root
+    :param image_size: input side in pixels (None = the dataset's default)
+    :param device: DeviceSpec name (``configs/devices/<name>.yaml``), a YAML path, or ``local`` (auto-detect)
+    :param latency: latency probe and its measurement settings
+    :param energy: energy probe and its window
+    :param objectives: reward weights of the relative accuracy/latency/energy/size terms
+    :param constraints: latency budget and minimum accuracy with their hinge penalties
+    :param search: prune grid, precisions, fusions, update scopes and budgets offered
+    :param pipeline: how plans are applied
+    :param failure_penalty: reward of a plan that fails to apply or measure (negative)
+    :param run_dir: where ``hadmc.db`` and artifacts go (None = ``runs/<name>``)
+    :param use_cache: reuse the stored evaluation of an identical plan instead of re-applying it
+    :param seed: seed of data splits, recovery training and the environment
+    """
+
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    model: str = Field("default", min_length=1)
+    weights: Path | None = None
+    data: str = Field("digits", min_length=1)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    device: str = Field("local", min_length=1)
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
+    objectives: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
+    constraints: Constraints = Field(default_factory=Constraints)
+    search: SearchSpace = Field(default_factory=SearchSpace)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    failure_penalty: float = Field(-2.0, le=0.0, description="reward of a failed plan")
+    run_dir: Path | None = None
+    use_cache: bool = True
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> RunConfig:
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights file {self.weights} does not exist; pass a local .pt or .safetensors file")
+        return self
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def parse(cls, data: dict[str, Any] | str | bytes) -> RunConfig:
+        """Validate a dict or JSON text; errors name the field path and the allowed values."""
+        try:
+            if isinstance(data, (str, bytes)):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "config")) from None
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> RunConfig:
+        """Read a YAML file; keyword overrides replace top-level keys (CLI flags)."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass the path of a YAML run configuration")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of settings, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.parse(data)
+
+    def dump_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    # -- use ---------------------------------------------------------------------------
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir is not None else Path("runs") / self.name
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolved_run_dir / "hadmc.db"
+
+    def evaluation_context(self) -> str:
+        """Key of everything besides the plan that changes an evaluation's figures.
+
+        Two evaluations of the same plan are interchangeable only when model, weights, data,
+        image size, device, probe settings and pipeline settings all agree.
+        """
+        import hashlib
+        import json
+
+        ctx = self.model_dump(
+            mode="json", include={"model", "weights", "data", "image_size", "device", "latency", "energy", "pipeline", "seed"}
+        )
+        ctx["latency"].pop("token", None)  # a secret, and it does not change a figure
+        return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "Constraints",
+    "EnergySettings",
+    "LatencySettings",
+    "ObjectiveWeights",
+    "PipelineSettings",
+    "RunConfig",
+    "SearchSpace",
+]

@@ -1,0 +1,62 @@
+"""RunConfig: defaults, YAML loading, errors that name the field path and allowed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from hadmc.config import RunConfig
+from hadmc.errors import ConfigError
+from hadmc.plan import PRUNE_GRID
+
+
+def test_defaults_describe_the_embedded_digits_run():
+    cfg = RunConfig()
+    assert (cfg.model, cfg.data, cfg.device, cfg.latency.probe) == ("default", "digits", "local", "ort-cpu")
+    assert cfg.search.prune_grid == PRUNE_GRID
+    assert cfg.database_path.as_posix() == "runs/default/hadmc.db"
+    assert cfg.failure_penalty < 0
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = RunConfig.parse({"name": "x", "constraints": {"latency_budget_ms": 2.5, "min_accuracy": 0.97}})
+    path = tmp_path / "run.yaml"
+    path.write_text(cfg.dump_yaml())
+    loaded = RunConfig.load(path, seed=7)
+    assert loaded.constraints.latency_budget_ms == 2.5 and loaded.seed == 7
+    assert loaded.model_copy(update={"seed": 0}) == cfg
+
+
+def test_bad_precision_names_the_field_path_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.parse({"search": {"precisions": ["fp32", "int4"]}})
+    msg = str(err.value)
+    assert "config.search.precisions.1" in msg and "'fp32', 'fp16' or 'int8'" in msg and "int4" in msg
+
+
+def test_prune_grid_must_start_at_zero_and_increase():
+    with pytest.raises(ConfigError, match=r"config.search.prune_grid: .*start at 0.0"):
+        RunConfig.parse({"search": {"prune_grid": [0.2, 0.1]}})
+    with pytest.raises(ConfigError, match=r"config.search.prune_grid"):
+        RunConfig.parse({"search": {"prune_grid": [0.0, 0.99]}})
+
+
+def test_unknown_key_and_missing_weights_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.latncy: Extra inputs are not permitted"):
+        RunConfig.parse({"latncy": {}})
+    with pytest.raises(ConfigError, match="weights file .* does not exist"):
+        RunConfig.parse({"weights": str(tmp_path / "nope.pt")})
+
+
+def test_load_reports_missing_file_and_non_mapping_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        RunConfig.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        RunConfig.load(bad)
+
+
+def test_evaluation_context_changes_with_the_device_but_not_the_reward_weights():
+    base = RunConfig()
+    assert base.evaluation_context() == RunConfig.parse({"objectives": {"size": 2.0}}).evaluation_context()
+    assert base.evaluation_context() != RunConfig.parse({"device": "jetson-orin"}).evaluation_context()
