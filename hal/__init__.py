@@ -1,1 +1,66 @@
-"""Hardware abstraction layer: device specs, latency and energy probes, measurement cache, remote probe."""
+"""Hardware abstraction layer: device specs, latency + energy probes, measurement cache, remote probe.
+
+Everything here imports lazily-heavy libraries (ONNX Runtime, TensorRT, NVML, FastAPI) only
+when a probe that needs them is built.
+"""
+
+from __future__ import annotations
+
+from .artifact import InputSpec, graph_inputs, model_bytes, sha256_hex
+from .cache import CachedLatencyProbe, MeasurementCache, cached_probe
+from .device import FEATURE_DIM, DeviceSpec, detect_local, list_devices, load_device_spec
+from .energy import (
+    ENERGY_PROBES,
+    EnergyProbe,
+    EnergyResult,
+    EstimatedEnergyProbe,
+    JetsonEnergyProbe,
+    NvmlEnergyProbe,
+    RaplEnergyProbe,
+    get_energy_probe,
+)
+from .latency import (
+    LATENCY_PROBES,
+    LatencyProbe,
+    LatencyResult,
+    OrtCpuProbe,
+    OrtCudaProbe,
+    OrtTrtProbe,
+    RuntimeSession,
+    TorchEagerProbe,
+    get_latency_probe,
+    register_latency_probe,
+)
+
+__all__ = [
+    "FEATURE_DIM",
+    "DeviceSpec",
+    "detect_local",
+    "list_devices",
+    "load_device_spec",
+    "LatencyResult",
+    "LatencyProbe",
+    "OrtCpuProbe",
+    "OrtCudaProbe",
+    "OrtTrtProbe",
+    "TorchEagerProbe",
+    "RuntimeSession",
+    "LATENCY_PROBES",
+    "get_latency_probe",
+    "register_latency_probe",
+    "EnergyResult",
+    "EnergyProbe",
+    "EstimatedEnergyProbe",
+    "NvmlEnergyProbe",
+    "RaplEnergyProbe",
+    "JetsonEnergyProbe",
+    "ENERGY_PROBES",
+    "get_energy_probe",
+    "MeasurementCache",
+    "CachedLatencyProbe",
+    "cached_probe",
+    "InputSpec",
+    "graph_inputs",
+    "model_bytes",
+    "sha256_hex",
+]

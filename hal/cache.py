@@ -1,0 +1,156 @@
+"""Measurement cache: an identical artifact on the same device with the same probe settings
+is measured once per run database.
+
+Keyed by (SHA-256 of the ONNX bytes, device id, canonical JSON of the probe settings) in one
+SQLite table, ``hal_measurements``, of the run database (other tables there belong to the
+store). A hit comes back with provenance ``cached``; the original measurement's provenance
+is kept in ``meta["cached_from"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from hadmc.errors import ProbeError
+
+from .artifact import ModelLike
+from .energy import EnergyResult
+from .latency import LatencyProbe, LatencyResult
+
+log = logging.getLogger(__name__)
+
+TABLE = "hal_measurements"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    onnx_sha256 TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """Canonical JSON of probe settings (sorted keys), so equal settings give equal keys."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class MeasurementCache:
+    """SQLite-backed cache of latency and energy results.
+
+    :param db_path: the run database (``runs/NAME/hadmc.db``) or any SQLite file; created if absent
+    :param enabled: False turns every ``get`` into a miss and every ``put`` into a no-op
+        (the CLI's ``--no-cache``)
+    """
+
+    def __init__(self, db_path: str | Path, enabled: bool = True):
+        self.db_path = Path(db_path)
+        self.enabled = enabled
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as con, con:
+                con.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ProbeError(f"cannot open the measurement cache at {self.db_path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        # one short connection per call: safe across threads and processes sharing the run DB
+        return sqlite3.connect(self.db_path, timeout=30.0)
+
+    @staticmethod
+    def key(kind: str, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> str:
+        raw = "\n".join([kind, onnx_sha256, device_id, settings_key(settings)])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def _get(self, kind: str, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        k = self.key(kind, onnx_sha256, device_id, settings)
+        with closing(self._connect()) as con:
+            row = con.execute(f"SELECT result FROM {TABLE} WHERE key = ?", (k,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _put(self, kind: str, onnx_sha256: str, device_id: str, settings: dict[str, Any], result: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        k = self.key(kind, onnx_sha256, device_id, settings)
+        with closing(self._connect()) as con, con:
+            con.execute(
+                f"INSERT OR REPLACE INTO {TABLE} (key, kind, onnx_sha256, device_id, settings, result, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (k, kind, onnx_sha256, device_id, settings_key(settings), json.dumps(result), time.time()),
+            )
+
+    # -- latency ------------------------------------------------------------------------
+    def get(self, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> LatencyResult | None:
+        """Cached latency result (provenance ``cached``) or None."""
+        return self.get_latency(onnx_sha256, device_id, settings)
+
+    def put(self, onnx_sha256: str, device_id: str, settings: dict[str, Any], result: LatencyResult) -> None:
+        """Store a measured latency result."""
+        self.put_latency(onnx_sha256, device_id, settings, result)
+
+    def get_latency(self, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> LatencyResult | None:
+        data = self._get("latency", onnx_sha256, device_id, settings)
+        if data is None:
+            return None
+        data["meta"] = {**data.get("meta", {}), "cached_from": data.get("provenance", "measured")}
+        data["provenance"] = "cached"
+        log.debug("latency cache hit %s on %s", onnx_sha256[:12], device_id)
+        return LatencyResult.model_validate(data)
+
+    def put_latency(self, onnx_sha256: str, device_id: str, settings: dict[str, Any], result: LatencyResult) -> None:
+        if result.provenance == "cached":
+            return
+        self._put("latency", onnx_sha256, device_id, settings, result.model_dump())
+
+    # -- energy -------------------------------------------------------------------------
+    def get_energy(self, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> EnergyResult | None:
+        """Cached energy result (provenance ``cached``, original in ``detail["cached_from"]``) or None."""
+        data = self._get("energy", onnx_sha256, device_id, settings)
+        if data is None:
+            return None
+        data["detail"] = {**data.get("detail", {}), "cached_from": data.get("provenance")}
+        data["provenance"] = "cached"
+        return EnergyResult.model_validate(data)
+
+    def put_energy(self, onnx_sha256: str, device_id: str, settings: dict[str, Any], result: EnergyResult) -> None:
+        if result.provenance == "cached":
+            return
+        self._put("energy", onnx_sha256, device_id, settings, result.model_dump())
+
+    def __len__(self) -> int:
+        with closing(self._connect()) as con:
+            return int(con.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
+
+
+class CachedLatencyProbe:
+    """A latency probe whose ``measure`` goes through a MeasurementCache; everything else
+    (``session``, ``settings``, ``device``...) is the wrapped probe's."""
+
+    def __init__(self, probe: LatencyProbe, cache: MeasurementCache):
+        self.probe = probe
+        self.cache = cache
+
+    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
+        return self.probe.measure(model, input_shape, cache=self.cache)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.probe, name)
+
+
+def cached_probe(probe: LatencyProbe, cache: MeasurementCache | str | Path) -> CachedLatencyProbe:
+    """Wrap ``probe`` so identical artifacts are measured once (``cache`` may be a DB path)."""
+    if not isinstance(cache, MeasurementCache):
+        cache = MeasurementCache(cache)
+    return CachedLatencyProbe(probe, cache)
