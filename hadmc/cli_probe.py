@@ -1,0 +1,144 @@
+"""`hadmc probe ...`: one-off measurements, and the probe server that runs on an edge device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HadmcError
+
+probe_app = typer.Typer(
+    help="Measure an ONNX model's latency and energy here or on a remote device, or serve measurements to other machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise typer.BadParameter(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+@probe_app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind. A non-loopback address needs --token-file.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (16+ characters).")] = None,
+    device: Annotated[str, typer.Option(help="Device spec of this machine: a name in configs/devices, a YAML path, or local-cpu/local-gpu.")] = "local-cpu",
+    backend: Annotated[str, typer.Option(help="Latency backend used on this device (ort-cpu, ort-cuda, ort-trt, tensorrt).")] = "ort-cpu",
+    store_dir: Annotated[Optional[Path], typer.Option(help="Where uploaded models are kept (by SHA-256).")] = None,
+    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB.")] = 256.0,
+    timeout_s: Annotated[float, typer.Option(help="Per-request limit in seconds.")] = 300.0,
+) -> None:
+    """Serve latency/energy measurements of this device over HTTP (run it on the edge device)."""
+    from hadmc.hal.remote import serve as run_server
+
+    try:
+        if not 0 < port < 65536:
+            raise typer.BadParameter(f"--port must be in 1..65535, got {port}")
+        err.print(f"probe server on [bold]{host}:{port}[/] (auth {'on' if token_file else 'off, loopback only'})")
+        run_server(
+            host=host,
+            port=port,
+            token_file=token_file,
+            device=device,
+            backend=backend,
+            store_dir=store_dir,
+            max_bytes=int(max_mb * 1024 * 1024),
+            timeout_s=timeout_s,
+        )
+    except HadmcError as exc:
+        _fail(exc)
+
+
+def _summary(latency: Any, energy: Any) -> dict[str, Any]:
+    out = {"latency": latency.model_dump(exclude={"samples_ms"})}
+    out["energy"] = energy.model_dump() if energy is not None else None
+    return out
+
+
+@probe_app.command()
+def measure(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: Annotated[str, typer.Option(help="Latency backend (ort-cpu, ort-cuda, ort-trt, tensorrt) or remote://host:port.")] = "ort-cpu",
+    threads: Annotated[int, typer.Option(help="Intra-op threads.")] = 1,
+    input_shape: Annotated[Optional[str], typer.Option(help="Shape of the first input, e.g. 1,3,224,224 (default: from the graph, batch 1).")] = None,
+    min_iterations: Annotated[int, typer.Option(help="Minimum timed runs.")] = 100,
+    min_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.")] = 1.0,
+    energy: Annotated[bool, typer.Option(help="Also measure (or estimate) energy per inference.")] = True,
+    token_file: Annotated[Optional[Path], typer.Option(help="Bearer token file for a remote:// target.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite file of the measurement cache (e.g. runs/NAME/hadmc.db).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure even if the cache holds this artifact.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Measure one ONNX model once, on this machine or a remote probe server."""
+    from hadmc.hal import MeasurementCache, get_energy_probe, get_latency_probe
+    from hadmc.hal.remote import RemoteProbe
+
+    shape = _parse_shape(input_shape)
+    try:
+        if not model.is_file():
+            raise HadmcError(f"model file {model} does not exist")
+        settings: dict[str, Any] = {"threads": threads, "min_iterations": min_iterations, "min_seconds": min_seconds}
+        if target.startswith("remote://"):
+            settings["token_file"] = token_file
+        elif energy:
+            settings["spinning"] = False  # spinning threads would burn power while idle
+        probe = get_latency_probe(target, **settings)
+        store = MeasurementCache(cache, enabled=not no_cache) if cache else None
+        energy_result = None
+        if isinstance(probe, RemoteProbe):
+            latency = probe.measure(model, shape, cache=store) if not energy else None
+            if energy:
+                latency, energy_result = probe.measure_with_energy(model, shape, energy=True)
+        else:
+            latency = probe.measure(model, shape, cache=store)
+            if energy:
+                energy_result = get_energy_probe("auto", probe.device).measure(probe.prepare(model, shape), latency)
+    except HadmcError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(_summary(latency, energy_result)))
+        return
+    table = Table(title=f"{model.name} on {latency.backend} ({latency.device_id})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("provenance")
+    for label, value in (
+        ("median", f"{latency.median_ms:.4f} ms"),
+        ("p90", f"{latency.p90_ms:.4f} ms"),
+        ("p99", f"{latency.p99_ms:.4f} ms"),
+        ("mean ± std", f"{latency.mean_ms:.4f} ± {latency.std_ms:.4f} ms"),
+        ("CoV", f"{100 * latency.cov:.2f} %"),
+        ("iterations", str(latency.iterations)),
+        ("threads / batch", f"{latency.threads} / {latency.batch}"),
+    ):
+        table.add_row(label, value, latency.provenance if label == "median" else "")
+    if energy_result is not None:
+        table.add_row("energy", f"{energy_result.mj_per_inference:.4f} mJ/inference", f"{energy_result.provenance} ({energy_result.method})")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    probe_app()
