@@ -32,6 +32,21 @@ from .latency import (
     register_latency_probe,
 )
 
+
+
+def __getattr__(name: str):
+    # TensorRTProbe's module is light, but keep it out of `import hadmc.hal` on CPU machines
+    if name == "TensorRTProbe":
+        from .tensorrt_probe import TensorRTProbe
+
+        return TensorRTProbe
+    if name in ("RemoteProbe", "create_app", "serve"):
+        from . import remote
+
+        return getattr(remote, name)
+    raise AttributeError(f"module 'hadmc.hal' has no attribute {name!r}")
+
+
 __all__ = [
     "FEATURE_DIM",
     "DeviceSpec",
@@ -44,6 +59,8 @@ __all__ = [
     "OrtCudaProbe",
     "OrtTrtProbe",
     "TorchEagerProbe",
+    "TensorRTProbe",
+    "RemoteProbe",
     "RuntimeSession",
     "LATENCY_PROBES",
     "get_latency_probe",
