@@ -1,0 +1,151 @@
+"""Advantage estimators, registered by name: gae, group (GRPO), loo (RLOO), ploo (PMD-part)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from hadmc.errors import ConfigError
+
+Tensor = torch.Tensor
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    last_values: Tensor,
+    final_values: Tensor | None = None,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over a [T, E] rollout, bootstrapping timeouts.
+
+    delta_t = r_t + gamma * V_next * (1 - done_t) + gamma * V(final_obs_t) * trunc_t - V_t and
+    A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}; a truncated (timed-out, not
+    terminated) step bootstraps from the value of its final observation.
+
+    :param rewards: [T, E]
+    :param values: [T, E] V(s_t)
+    :param terminated: [T, E] bool, true terminal states (no bootstrap)
+    :param truncated: [T, E] bool, time limits (bootstrap from ``final_values``)
+    :param last_values: [E] V of the observation after the last step
+    :param final_values: [T, E] V(final_obs) where truncated (ignored elsewhere); None: 0
+    :param gamma: discount factor
+    :param gae_lambda: bias/variance trade-off of GAE
+    :return: (advantages, returns = advantages + values), both [T, E]
+    """
+    T = rewards.shape[0]
+    done = (terminated | truncated).to(rewards.dtype)
+    trunc_only = (truncated & ~terminated).to(rewards.dtype)
+    boot = rewards if final_values is None else rewards + gamma * final_values * trunc_only
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(last_values)
+    for t in reversed(range(T)):
+        next_v = last_values if t == T - 1 else values[t + 1]
+        not_done = 1.0 - done[t]
+        delta = boot[t] + gamma * next_v * not_done - values[t]
+        last = delta + gamma * gae_lambda * not_done * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def _check_groups(returns: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, int]:
+    if returns.dim() != 1 or group_ids.shape != returns.shape:
+        raise ConfigError(f"group advantages need 1-d returns and group ids of the same shape, got {tuple(returns.shape)} and {tuple(group_ids.shape)}")
+    uniq, inv = torch.unique(group_ids, return_inverse=True)
+    return uniq, inv, int(uniq.numel())
+
+
+def _group_sum(x: Tensor, inv: Tensor, n: int) -> Tensor:
+    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, inv, x)
+
+
+def group_advantages(returns: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
+    """GRPO: A_i = (R_i - mean_g R) / (std_g R + eps) within each group g (unbiased std).
+
+    :param returns: [M] one return per episode
+    :param group_ids: [M] which context (group) each episode belongs to
+    :param eps: keeps groups with equal returns finite (their advantages are 0)
+    """
+    _, inv, n = _check_groups(returns, group_ids)
+    count = _group_sum(torch.ones_like(returns), inv, n)
+    mean = _group_sum(returns, inv, n) / count
+    dev = returns - mean[inv]
+    var = _group_sum(dev * dev, inv, n) / (count - 1).clamp_min(1)
+    return dev / (var.sqrt()[inv] + eps)
+
+
+def group_sums(advantages: Tensor, group_ids: Tensor) -> Tensor:
+    """sum of the advantages within each group (GRPO's zero-sum property), one per group."""
+    _, inv, n = _check_groups(advantages, group_ids)
+    return _group_sum(advantages, inv, n)
+
+
+def groups_sum_to_zero(advantages: Tensor, group_ids: Tensor, atol: float = 1e-4) -> bool:
+    """True when every group's advantages sum to 0 within ``atol``."""
+    return bool(group_sums(advantages, group_ids).abs().max() <= atol)
+
+
+def loo_advantages(returns: Tensor, group_ids: Tensor) -> Tensor:
+    """RLOO: A_i = R_i - mean_{j != i, same group} R_j (0 for a group of one)."""
+    _, inv, n = _check_groups(returns, group_ids)
+    count = _group_sum(torch.ones_like(returns), inv, n)[inv]
+    total = _group_sum(returns, inv, n)[inv]
+    others = (total - returns) / (count - 1).clamp_min(1)
+    return torch.where(count > 1, returns - others, torch.zeros_like(returns))
+
+
+def ploo_advantages(returns: Tensor, group_ids: Tensor, tau: float = 1.0) -> Tensor:
+    """PMD-part: A_i = R_i - tau * log(1/(n-1) sum_{j != i} exp(R_j / tau)), max-subtracted.
+
+    :param returns: [M]
+    :param group_ids: [M]
+    :param tau: the PMD temperature (A / tau is the target log-ratio)
+    """
+    if tau <= 0:
+        raise ConfigError(f"ploo tau must be > 0, got {tau}")
+    _, inv, n = _check_groups(returns, group_ids)
+    x = returns / tau
+    out = torch.zeros_like(returns)
+    for g in range(n):
+        idx = (inv == g).nonzero(as_tuple=True)[0]
+        k = idx.numel()
+        if k < 2:
+            continue
+        xg = x[idx]
+        # row i: log-mean-exp over the others (diagonal masked), max subtracted inside logsumexp
+        others = xg.unsqueeze(0).expand(k, k).masked_fill(torch.eye(k, dtype=torch.bool, device=x.device), -math.inf)
+        lme = torch.logsumexp(others, dim=1) - math.log(k - 1)
+        out[idx] = returns[idx] - tau * lme
+    return out
+
+
+EpisodeAdvantage = Callable[..., Tensor]
+
+EPISODE_ADVANTAGES: dict[str, EpisodeAdvantage] = {
+    "group": lambda returns, group_ids, tau=1.0: group_advantages(returns, group_ids),
+    "loo": lambda returns, group_ids, tau=1.0: loo_advantages(returns, group_ids),
+    "ploo": lambda returns, group_ids, tau=1.0: ploo_advantages(returns, group_ids, tau),
+}
+
+ADVANTAGE_ESTIMATORS = ("gae", *EPISODE_ADVANTAGES)
+
+
+def check_advantage_estimator(name: str) -> str:
+    """``name`` if registered (gae, group, loo, ploo); otherwise a ConfigError listing them."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ConfigError(f"unknown advantage estimator {name!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
+    return name
+
+
+def episode_advantages(name: str, returns: Tensor, group_ids: Tensor, tau: float = 1.0) -> Tensor:
+    """Episode-level advantages by estimator ``name`` (group, loo, ploo)."""
+    try:
+        fn = EPISODE_ADVANTAGES[name]
+    except KeyError:
+        raise ConfigError(f"unknown episode advantage estimator {name!r}; valid: {', '.join(EPISODE_ADVANTAGES)}") from None
+    return fn(returns, group_ids, tau=tau)
