@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 Provenance = Literal["measured", "estimated", "cached", "surrogate"]
 #: Objectives and their direction. Accuracy is maximised; the others minimised.
@@ -51,3 +58,218 @@ class Evaluation(BaseModel):
 
     def objectives(self) -> dict[str, float | None]:
         return {name: getattr(self, name) for name in OBJECTIVES}
+
+
+# -- the real evaluator -------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import torch_pruning
+
+    from . import __version__
+
+    return {
+        "hadmc": __version__,
+        "torch": torch.__version__,
+        "torch_pruning": torch_pruning.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+class PlanEvaluator:
+    """Applies plans for real and measures them on the target through the HAL.
+
+    Every figure is measured (or `cached` from an identical earlier measurement, or
+    `estimated` where the device has no energy counter, and labelled so).
+
+    :param model: the pretrained classifier (teacher of the recovery)
+    :param data: the `DataBundle` (train for recovery/calibration, test for accuracy)
+    :param device: the target `DeviceSpec` (None = this machine, auto-detected)
+    :param latency_probe: a `hadmc.hal.LatencyProbe` (None = the device's backend, default settings)
+    :param energy_probe: a `hadmc.hal.EnergyProbe`, or None to skip energy
+    :param cache: a `hadmc.hal.MeasurementCache` so identical artifacts are measured once
+    :param pipeline: keyword arguments for `apply_plan` (importance, round_to, recovery_lr, ...)
+    :param profile: attach measured per-group latency shares from the runtime's node profiler
+    :param seed: seed of recovery fine-tuning
+    """
+
+    def __init__(
+        self,
+        model,
+        data,
+        *,
+        device=None,
+        latency_probe=None,
+        energy_probe=None,
+        cache=None,
+        pipeline: dict[str, Any] | None = None,
+        profile: bool = True,
+        seed: int = 0,
+    ):
+        from . import hal
+        from .groups import layer_groups
+
+        self.model = model.eval()
+        self.data = data
+        self.device = device if device is not None else hal.detect_local()
+        self.latency_probe = latency_probe if latency_probe is not None else hal.get_latency_probe(self.device.backend, device=self.device)
+        self.energy_probe = energy_probe
+        self.cache = cache
+        self.pipeline = dict(pipeline or {})
+        self.seed = seed
+        self.versions = _versions()
+        self.groups = layer_groups(self.model, data.example_input())
+        self._baseline: Evaluation | None = None
+        self._profile = profile
+
+    # The baseline is measured on first use, so building an evaluator stays cheap.
+    @property
+    def baseline(self) -> Evaluation:
+        if self._baseline is None:
+            from .plan import CompressionPlan
+
+            plan = CompressionPlan.uniform(0.0, "fp32", budget=0)
+            self._baseline, compressed = self._evaluate(plan, keep=True)
+            if self._baseline.error:
+                raise PipelineError(f"the unmodified model could not be exported and measured: {self._baseline.error}")
+            if self._profile and hasattr(self.latency_probe, "profile_nodes"):
+                from .groups import with_latency_shares
+
+                try:
+                    node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
+                    self.groups = with_latency_shares(self.groups, node_ms)
+                except Exception as exc:  # profiling is a feature, not a requirement
+                    log.warning("per-node profiling failed (%s); latency shares left unknown", exc)
+        return self._baseline
+
+    def evaluate(self, plan) -> Evaluation:
+        """Apply `plan`, measure it; a failing plan returns an Evaluation with `error` set."""
+        return self._evaluate(plan)[0]
+
+    def compress(self, plan):
+        """Apply `plan` and return the `CompressedModel` (for export), raising on failure."""
+        from .pipeline import apply_plan
+
+        return apply_plan(self.model, plan, self.data, self.device, groups=self.groups, seed=self.seed, **self.pipeline)
+
+    def _evaluate(self, plan, keep: bool = False):
+        from .errors import HadmcError
+        from .pipeline import apply_plan, resolve_plan
+
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {
+            "plan_key": plan.key(),
+            "plan": json.loads(plan.canonical_json()),
+            "device": self.device.id,
+            "probe": self.latency_probe.settings(),
+            "versions": self.versions,
+        }
+        compressed = None
+        try:
+            resolved = resolve_plan(plan, self.groups)
+            record["plan_key"], record["plan"] = resolved.key(), json.loads(resolved.canonical_json())
+
+            def runner(onnx_bytes: bytes):
+                return self.latency_probe.session(onnx_bytes).run
+
+            compressed = apply_plan(
+                self.model,
+                resolved,
+                self.data,
+                self.device,
+                groups=self.groups,
+                accuracy_runner=runner,
+                seed=self.seed,
+                **self.pipeline,
+            )
+            t = time.perf_counter()
+            lat = self.latency_probe.measure(compressed.onnx_bytes, cache=self.cache)
+            timings = dict(compressed.timings, measure_s=time.perf_counter() - t)
+            energy = None
+            if self.energy_probe is not None:
+                t = time.perf_counter()
+                run_once = self.latency_probe.prepare(compressed.onnx_bytes)
+                energy = self.energy_probe.measure(run_once, lat)
+                timings["energy_s"] = time.perf_counter() - t
+            record.update(
+                accuracy=compressed.accuracy,
+                latency_ms=lat.median_ms,
+                latency_p90_ms=lat.p90_ms,
+                latency_cov=lat.cov,
+                latency_iterations=lat.iterations,
+                energy_mj=energy.mj_per_inference if energy else None,
+                model_bytes=compressed.model_bytes,
+                macs=compressed.macs,
+                params=compressed.params,
+                provenance={
+                    "accuracy": "measured",
+                    "latency_ms": lat.provenance,
+                    "model_bytes": "measured",
+                    **({"energy_mj": energy.provenance} if energy else {}),
+                },
+                timings=timings,
+            )
+            if energy is not None:
+                record["probe"] = {**record["probe"], "energy": energy.method}
+        except HadmcError as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a search must go on; the store keeps the reason
+            log.exception("evaluation of plan %s failed", record["plan_key"][:12])
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        record["wall_s"] = time.perf_counter() - t0
+        return Evaluation(**record), (compressed if keep else None)
+
+
+def build_evaluator(config) -> PlanEvaluator:
+    """The real evaluator of a `RunConfig`: data, model, device, probes and measurement cache."""
+    from . import hal
+    from .data import load_data
+    from .models import resolve_model
+
+    data = load_data(config.data, image_size=config.image_size, seed=config.seed)
+    model = resolve_model(config.model, data, weights=config.weights)
+    device = hal.load_device_spec(config.device)
+    lat = config.latency
+    probe_name = lat.address or lat.probe
+    settings: dict[str, Any] = dict(
+        device=device,
+        warmup_runs=lat.warmup_runs,
+        warmup_s=lat.warmup_s,
+        min_iterations=lat.min_iterations,
+        min_seconds=lat.min_seconds,
+    )
+    if probe_name.startswith("remote://"):
+        settings["token"] = lat.token
+    else:
+        settings["threads"] = lat.threads
+    probe = hal.get_latency_probe(probe_name, **settings)
+    energy = None
+    if config.energy.probe:
+        energy = hal.get_energy_probe(config.energy.probe, device=device, window_s=config.energy.window_s)
+    cache = None
+    if config.use_cache:
+        config.resolved_run_dir.mkdir(parents=True, exist_ok=True)
+        cache = hal.MeasurementCache(config.database_path)
+    p = config.pipeline
+    return PlanEvaluator(
+        model,
+        data,
+        device=device,
+        latency_probe=probe,
+        energy_probe=energy,
+        cache=cache,
+        pipeline=dict(
+            importance=p.importance,
+            round_to=p.round_to,
+            recovery_lr=p.learning_rate,
+            batch_size=p.batch_size,
+            calibration_batches=p.calibration_batches,
+            max_train_batches=p.max_train_batches,
+            max_eval_batches=p.max_eval_batches,
+        ),
+        seed=config.seed,
+    )

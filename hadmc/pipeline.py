@@ -163,6 +163,7 @@ def recover(
     *,
     lr: float = 0.01,
     batch_size: int = 64,
+    max_train_batches: int | None = None,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
@@ -182,6 +183,7 @@ def recover(
         temperature=plan.distill.temperature,
         alpha=plan.distill.alpha,
         params=params,
+        max_steps=max_train_batches * budget if max_train_batches else None,
         seed=seed,
         progress=progress,
     )
@@ -425,6 +427,9 @@ def apply_plan(
     importance: str = "l1",
     round_to: int | None = None,
     recovery_lr: float = 0.01,
+    batch_size: int = 64,
+    max_train_batches: int | None = None,
+    max_eval_batches: int | None = None,
     calibration_batches: int = 8,
     measure_accuracy: bool = True,
     accuracy_runner: Callable[[bytes], Callable[[np.ndarray], np.ndarray]] | None = None,
@@ -440,7 +445,10 @@ def apply_plan(
     :param groups: precomputed `layer_groups(model, ...)` (derived when None)
     :param importance: channel importance for pruning: "l1" or "taylor"
     :param round_to: channel-count alignment after pruning
-    :param recovery_lr: learning rate of KD recovery
+    :param recovery_lr: peak learning rate of KD recovery (one-cycle SGD)
+    :param batch_size: batch size of recovery training and accuracy evaluation
+    :param max_train_batches: cap on recovery batches per epoch (quick runs and tests)
+    :param max_eval_batches: cap on accuracy batches (tests only; reported runs use the whole split)
     :param calibration_batches: training batches used to calibrate INT8 activation ranges
     :param measure_accuracy: measure top-1 of the exported artifact on the test split
     :param accuracy_runner: builds a batch -> logits function for the artifact in the target
@@ -472,7 +480,9 @@ def apply_plan(
     say("prune", {"seconds": timings["prune_s"]})
 
     t = time.perf_counter()
-    recovery = recover(student, teacher or model, plan, data, lr=recovery_lr, seed=seed)
+    recovery = recover(
+        student, teacher or model, plan, data, lr=recovery_lr, batch_size=batch_size, max_train_batches=max_train_batches, seed=seed
+    )
     timings["recover_s"] = time.perf_counter() - t
     say("recover", recovery)
 
@@ -501,7 +511,10 @@ def apply_plan(
     if measure_accuracy:
         t = time.perf_counter()
         run = accuracy_runner(onnx_bytes) if accuracy_runner else None
-        accuracy = onnx_accuracy(onnx_bytes, data.loader("test", batch_size=128), run=run)
+        loader = data.loader("test", batch_size=batch_size)
+        if max_eval_batches:
+            loader = [b for _, b in zip(range(max_eval_batches), loader)]
+        accuracy = onnx_accuracy(onnx_bytes, loader, run=run)
         timings["accuracy_s"] = time.perf_counter() - t
         say("accuracy", {"accuracy": accuracy})
 

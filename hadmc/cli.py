@@ -1,0 +1,250 @@
+"""`hadmc` command line: a thin skin over the Python API. It owns the terminal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import nullcontext
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import HadmcError, PlanError
+
+app = typer.Typer(
+    name="hadmc",
+    help="HAD-MC 2.0: hardware-aware model compression, applied for real and measured on the target.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"hadmc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _add_probe_commands() -> None:
+    try:
+        from .cli_probe import probe_app
+    except ImportError:  # the probe commands ship with the HAL
+        return
+    app.add_typer(probe_app, name="probe")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def builtin_plans() -> dict[str, Path]:
+    """Plans shipped in configs/plans, by file stem."""
+    folder = resources.files("hadmc.configs") / "plans"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".json")}
+
+
+def load_plan(spec: str):
+    """A plan from a JSON file path or the name of a shipped plan."""
+    from .plan import CompressionPlan
+
+    path = Path(spec)
+    if path.is_file():
+        return CompressionPlan.load(path)
+    plans = builtin_plans()
+    if spec in plans:
+        return CompressionPlan.load(plans[spec])
+    raise PlanError(f"no plan file {spec!r}; pass a JSON plan path or one of the shipped plans: {', '.join(sorted(plans))}")
+
+
+def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_size: Optional[int], seed: int):
+    from .data import load_data
+    from .models import load_default_model, resolve_model
+
+    if model == "default":
+        load_default_model(on_train=lambda msg: err.print(f"[yellow]{msg} (once; cached afterwards)[/yellow]"))
+    bundle = load_data(data, image_size=image_size, seed=seed)
+    return resolve_model(model, bundle, weights=weights), bundle
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "acc":
+        return f"{100 * value:.2f}%"
+    if kind == "ms":
+        return f"{value:.3f}"
+    if kind == "mj":
+        return f"{value:.3f}"
+    if kind == "bytes":
+        return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+    if kind == "count":
+        return f"{value / 1e6:.2f} M"
+    return str(value)
+
+
+def _row(name: str, ev, base) -> list[str]:
+    speed = f"{base.latency_ms / ev.latency_ms:.1f}x" if ev.latency_ms and base.latency_ms else "-"
+    prov = ev.provenance
+    return [
+        name,
+        _fmt(ev.accuracy, "acc"),
+        _fmt(ev.latency_ms, "ms") + (f" ({prov.get('latency_ms')})" if prov.get("latency_ms") != "measured" else ""),
+        speed,
+        _fmt(ev.energy_mj, "mj") + (f" ({prov['energy_mj']})" if "energy_mj" in prov else ""),
+        _fmt(ev.model_bytes, "bytes"),
+        _fmt(ev.macs, "count"),
+        _fmt(ev.params, "count"),
+    ]
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@app.command()
+def pretrain(
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the recipe's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and training.")] = 0,
+) -> None:
+    """Train the embedded default model (ResNet-18, CIFAR stem, on scikit-learn's digits) into the cache."""
+    from .models import pretrain_default
+
+    with console.status("training the default model on digits ..."):
+        path, meta = pretrain_default(epochs=epochs, seed=seed)
+    console.print(
+        f"saved {path}\ntest accuracy {100 * meta['test_accuracy']:.2f}% after {meta['epochs']} epochs "
+        f"in {meta['seconds']:.0f} s"
+    )
+
+
+@app.command()
+def groups(
+    model: Annotated[str, typer.Option(help="`default` or a torchvision architecture name.")] = "default",
+    data: Annotated[str, typer.Option(help="digits | imagefolder:PATH | cifar10:PATH")] = "digits",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights (.pt/.pth/.safetensors).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the model's layer groups (the names a plan's `groups` may use)."""
+    from .groups import layer_groups
+
+    net, bundle = _load_model_and_data(model, data, weights, image_size, 0)
+    found = layer_groups(net, bundle.example_input())
+    if as_json:
+        print(json.dumps([{k: v for k, v in g.__dict__.items()} for g in found], default=list, indent=1))
+        return
+    table = Table("#", "group", "kind", "layers", "out ch", "MACs share", "prunable")
+    for g in found:
+        table.add_row(str(g.index), g.name, g.kind, str(len(g.modules)), str(g.out_channels), f"{100 * g.flops_share:.1f}%", "yes" if g.prunable else "no")
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    plan: Annotated[list[str], typer.Option("--plan", "-p", help="JSON plan file or shipped plan name; repeat to compare several.")],
+    model: Annotated[str, typer.Option(help="`default` or a torchvision architecture name.")] = "default",
+    data: Annotated[str, typer.Option(help="digits | imagefolder:PATH | cifar10:PATH")] = "digits",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights (.pt/.pth/.safetensors).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    device: Annotated[str, typer.Option(help="Device spec name, YAML path, or `local`.")] = "local",
+    threads: Annotated[int, typer.Option(help="Runtime threads for latency (fixed for comparable figures).")] = 1,
+    energy: Annotated[str, typer.Option(help="Energy probe: auto | nvml | rapl | jetson | estimated | none.")] = "auto",
+    save: Annotated[Optional[Path], typer.Option(help="Folder to write each compressed ONNX artifact to.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and recovery training.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Apply plans for real and compare them with the original model, side by side."""
+    from . import hal
+    from .evaluation import PlanEvaluator
+
+    plans = [(p, load_plan(p)) for p in plan]
+    net, bundle = _load_model_and_data(model, data, weights, image_size, seed)
+    spec = hal.load_device_spec(device)
+    probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
+    energy_probe = None if energy == "none" else hal.get_energy_probe(energy, device=spec)
+    evaluator = PlanEvaluator(net, bundle, device=spec, latency_probe=probe, energy_probe=energy_probe, seed=seed)
+    with console.status("measuring the original model ...", spinner="dots") if not as_json else nullcontext():
+        base = evaluator.baseline
+    results = []
+    for i, (name, p) in enumerate(plans, 1):
+        with console.status(f"[{i}/{len(plans)}] applying {name} ...") if not as_json else nullcontext():
+            ev = evaluator.evaluate(p)
+            if save is not None and ev.ok:
+                save.mkdir(parents=True, exist_ok=True)
+                evaluator.compress(p).save(save / f"{Path(name).stem}.onnx")
+        results.append((name, ev))
+
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "device": spec.id,
+                    "original": base.model_dump(mode="json"),
+                    "plans": {name: ev.model_dump(mode="json") for name, ev in results},
+                },
+                indent=1,
+            )
+        )
+    else:
+        table = Table(title=f"{model} on {data}, {spec.name} ({probe.name}, {threads} thread{'s' if threads > 1 else ''}, batch 1)")
+        for col in ("plan", "accuracy", "latency ms", "speedup", "energy mJ", "size", "MACs", "params"):
+            table.add_column(col, justify="left" if col == "plan" else "right")
+        table.add_row(*_row("original", base, base))
+        for name, ev in results:
+            if ev.ok:
+                table.add_row(*_row(name, ev, base))
+            else:
+                table.add_row(name, f"[red]failed: {ev.error}[/red]", *[""] * 6)
+        console.print(table)
+        notes = {ev.provenance.get("energy_mj") for _, ev in [("o", base), *results]} - {None}
+        if "estimated" in notes:
+            console.print("[dim]energy is estimated from latency and the device's power model: no energy counter is readable here[/dim]")
+    if any(not ev.ok for _, ev in results):
+        raise typer.Exit(1)
+
+
+_add_probe_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one clear message and a non-zero exit for every expected failure."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except HadmcError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}")
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
