@@ -158,6 +158,13 @@ class ActionMasks:
         return ActionMasks(self.heads[idx], None if self.options is None else self.options[idx])
 
 
+def _categorical_entropy(log_p: Tensor) -> Tensor:
+    """-sum p log p; masked options (log p = -inf) are zeroed before the product, so neither
+    the value nor the gradient sees 0 * inf."""
+    finite = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
+    return -(log_p.exp() * finite).sum(-1)
+
+
 def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
     lin = nn.Linear(n_in, n_out)
     nn.init.orthogonal_(lin.weight, gain)
@@ -349,8 +356,7 @@ class ActorCritic(nn.Module):
             lp = torch.log_softmax(self._masked_logits(logits, masks), -1)
             a = actions[:, 0].long()
             logp = lp.gather(1, a.unsqueeze(1))
-            p = lp.exp()
-            ent = -(torch.where(p > 0, p * lp, torch.zeros_like(p))).sum(-1, keepdim=True)
+            ent = _categorical_entropy(lp).unsqueeze(-1)
         else:
             cols_lp: list[Tensor] = []
             cols_ent: list[Tensor] = []
@@ -362,8 +368,7 @@ class ActorCritic(nn.Module):
                     assert lp is not None
                     a = actions[:, col].long()
                     cols_lp.append(lp.gather(1, a).squeeze(1))
-                    p = lp.exp()
-                    cols_ent.append(-(torch.where(p > 0, p * lp, torch.zeros_like(p))).sum(-1))
+                    cols_ent.append(_categorical_entropy(lp))
                 else:
                     ms = self._mean_slice[i]
                     assert means is not None and ms is not None

@@ -667,7 +667,7 @@ class PPOTrainer:
             "train/early_stop": float(stop),
         }
         if mode.kind == "power" or p is not None:
-            out["train/p"] = float(p if p is not None else mode.p)  # type: ignore[arg-type]
+            out["train/p"] = float(p.detach()) if isinstance(p, torch.Tensor) else float(p if p is not None else mode.p)  # type: ignore[arg-type]
         return out
 
     # -- public --------------------------------------------------------------------------
