@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from typing import Any
 
@@ -94,26 +95,38 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=100_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-variants", action="store_true", help="only ours vs SB3")
+    ap.add_argument("--only-variants", action="store_true", help="only the group-advantage variants")
+    ap.add_argument("--no-shared-trunk", action="store_true", help="skip the shared-trunk run of ours")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
     results: dict[str, Any] = {}
-    runs: dict[str, list[tuple[float, float]]] = {"ours_token": [], "sb3_ppo": [], "ours_shared_trunk": []}
-    # interleave ours and SB3 per seed so load changes on the machine hit both alike
-    for seed in args.seeds:
-        runs["ours_token"].append(_ours(seed, args.timesteps))
-        runs["sb3_ppo"].append(_sb3(seed, args.timesteps))
-        runs["ours_shared_trunk"].append(_ours(seed, args.timesteps, hidden_sizes=(64, 64, 64), separate_critic=False))
-    for k, v in runs.items():
-        results[k] = _summary(v)
-    ours, sb3 = results["ours_token"], results["sb3_ppo"]
-    results["return_ratio_ours_over_sb3"] = round(ours["mean_return"] / sb3["mean_return"], 4)
-    results["wall_ratio_ours_over_sb3"] = round(ours["mean_wall_s"] / sb3["mean_wall_s"], 4)
-    results["within_5pct_return"] = ours["mean_return"] >= 0.95 * sb3["mean_return"]
-    results["not_slower"] = ours["mean_wall_s"] <= sb3["mean_wall_s"]
+
+    def run(label: str, fn, *a: Any, **kw: Any) -> tuple[float, float]:
+        out = fn(*a, **kw)
+        print(f"{label}: return {out[0]:.2f} wall {out[1]:.1f}s", file=sys.stderr, flush=True)
+        return out
+
+    if not args.only_variants:
+        runs: dict[str, list[tuple[float, float]]] = {"ours_token": [], "sb3_ppo": []}
+        if not args.no_shared_trunk:
+            runs["ours_shared_trunk"] = []
+        # interleave ours and SB3 per seed so load changes on the machine hit both alike
+        for seed in args.seeds:
+            runs["ours_token"].append(run(f"ours seed {seed}", _ours, seed, args.timesteps))
+            runs["sb3_ppo"].append(run(f"sb3 seed {seed}", _sb3, seed, args.timesteps))
+            if "ours_shared_trunk" in runs:
+                runs["ours_shared_trunk"].append(run(f"shared seed {seed}", _ours, seed, args.timesteps, hidden_sizes=(64, 64, 64), separate_critic=False))
+        for k, v in runs.items():
+            results[k] = _summary(v)
+        ours, sb3 = results["ours_token"], results["sb3_ppo"]
+        results["return_ratio_ours_over_sb3"] = round(ours["mean_return"] / sb3["mean_return"], 4)
+        results["wall_ratio_ours_over_sb3"] = round(ours["mean_wall_s"] / sb3["mean_wall_s"], 4)
+        results["within_5pct_return"] = ours["mean_return"] >= 0.95 * sb3["mean_return"]
+        results["not_slower"] = ours["mean_wall_s"] <= sb3["mean_wall_s"]
     if not args.no_variants:
         results["variants_group_advantages"] = {
-            name: {**_summary([_ours(seed, args.timesteps, **extra) for seed in args.seeds]), "config": extra}
+            name: {**_summary([run(f"{name} seed {seed}", _ours, seed, args.timesteps, **extra) for seed in args.seeds]), "config": extra}
             for name, extra in VARIANTS.items()
         }
     results["setup"] = {
