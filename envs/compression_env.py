@@ -44,8 +44,10 @@ class HadMcCompressionEnv(gym.Env):
     :param config: the run configuration (None = the embedded default: digits model, local device, ort-cpu)
     :param evaluator: anything with ``groups``, ``device``, ``baseline`` and ``evaluate(plan)``;
         None builds the real one with ``hadmc.evaluation.build_evaluator(config)``
-    :param store: the run store; None opens ``config.database_path`` when ``config.run_dir``
-        is set, else an in-memory store (nothing written to disk)
+    :param store: the run store; None opens ``config.database_path`` (``runs/<name>/hadmc.db``
+        unless ``config.run_dir`` says otherwise) when ``run_dir`` is set or the env builds the
+        real evaluator itself; with an injected evaluator and no ``run_dir`` (tests with the
+        surrogate) the store is in memory and nothing is written to disk
     """
 
     metadata = {"render_modes": []}
@@ -53,19 +55,21 @@ class HadMcCompressionEnv(gym.Env):
     def __init__(self, config: RunConfig | None = None, *, evaluator: Any = None, store: RunStore | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else RunConfig()
+        built_here = evaluator is None
         if evaluator is None:
             # Imported here: the real evaluator pulls in torch and ONNX Runtime.
             from hadmc.evaluation import build_evaluator
 
             evaluator = build_evaluator(self.config)
         self.evaluator = evaluator
+        # The baseline first: measuring it may attach profiled latency shares to the groups.
+        self.baseline: Evaluation = evaluator.baseline
         self.groups = list(evaluator.groups)
         if not self.groups:
             from hadmc.errors import ModelError
 
             raise ModelError("the model has no layer groups to compress")
         self.group_names = [g.name for g in self.groups]
-        self.baseline: Evaluation = evaluator.baseline
         self.layout = ActionLayout.from_search(self.config.search, getattr(evaluator.device, "precisions", ("fp32",)))
         self.action_space = self.layout.space()
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(OBS_DIM,), dtype=np.float32)
@@ -74,7 +78,8 @@ class HadMcCompressionEnv(gym.Env):
 
         self._owns_store = store is None
         if store is None:
-            store = RunStore(self.config.database_path if self.config.run_dir is not None else ":memory:")
+            on_disk = self.config.run_dir is not None or built_here
+            store = RunStore(self.config.database_path if on_disk else ":memory:")
         self.store = store
         self.run_id = store.open_run(self.config.name, self.config.model_dump(mode="json"))
         # The evaluator's class is part of the context so surrogate figures can never be
