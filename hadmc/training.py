@@ -73,6 +73,18 @@ def _set_frozen_norms_eval(model: nn.Module) -> None:
                 m.eval()
 
 
+def _one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Warm up over a quarter of the steps, then cosine-anneal; constant for 1-2 steps.
+
+    OneCycleLR needs at least one step in each phase, which tiny recovery budgets lack.
+    """
+    if steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=steps, pct_start=max(0.25, 2.0 / steps), anneal_strategy="cos"
+    )
+
+
 def train_classifier(
     model: nn.Module,
     loader: Iterable,
@@ -128,9 +140,7 @@ def train_classifier(
     device = _device_of(model)
     saved_flags = _freeze_outside(model, trainable)
     optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=planned, pct_start=0.25, anneal_strategy="cos"
-    )
+    scheduler = _one_cycle(optimizer, lr, planned)
     if teacher is not None:
         teacher.eval()
     step = 0
