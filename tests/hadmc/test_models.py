@@ -13,6 +13,7 @@ from hadmc.errors import ModelError
 from hadmc.models import (
     ARCHITECTURES,
     DEFAULT_MODEL,
+    DEFAULT_RECIPE,
     build_model,
     cache_dir,
     default_model_paths,
@@ -171,7 +172,8 @@ def test_cached_default_loads_from_its_meta(monkeypatch, tmp_path):
     torch.manual_seed(1)
     source = build_model("resnet18", 10, cifar_stem=True)
     save_file(source.state_dict(), str(weights))
-    meta.write_text(json.dumps({"arch": "resnet18", "cifar_stem": True, "num_classes": 10, "image_size": 32, "data": "digits"}))
+    fields = {"arch": "resnet18", "cifar_stem": True, "num_classes": 10, "image_size": 32, "data": "digits"}
+    meta.write_text(json.dumps({**fields, "recipe": DEFAULT_RECIPE}))
     calls = []
     model, info = load_default_model(on_train=calls.append)
     assert calls == [] and info["arch"] == "resnet18" and not model.training
@@ -180,6 +182,15 @@ def test_cached_default_loads_from_its_meta(monkeypatch, tmp_path):
     assert torch.equal(same.fc.weight, source.fc.weight)
     with pytest.raises(ModelError, match="trained for 10 classes at 32x32"):
         resolve_model("default", load_data("digits", image_size=64))
+
+
+def test_default_cached_by_an_older_recipe_counts_as_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("HADMC_CACHE_DIR", str(tmp_path))
+    weights, meta = default_model_paths()
+    weights.write_bytes(b"old")
+    meta.write_text(json.dumps({"arch": "resnet18", "recipe": DEFAULT_RECIPE - 1}))
+    with pytest.raises(ModelError, match="hadmc pretrain"):
+        load_default_model(train_if_missing=False)
 
 
 def test_resolve_model_picks_the_cifar_stem_for_small_inputs():
