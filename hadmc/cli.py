@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -224,7 +224,8 @@ _add_probe_commands()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one clear message and a non-zero exit for every expected failure."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False returns (not raises) the code of typer.Exit
+        rc = app(args=argv, standalone_mode=False)
     except HadmcError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}")
         return 2
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -268,35 +268,44 @@ def layer_groups(model: nn.Module, example_inputs: torch.Tensor, *, min_channels
     return [LayerGroup(index=i, depth=r.pop("_pos") / n_layers, **r) for i, r in enumerate(raw)]
 
 
-def module_candidates(node_name: str) -> set[str]:
+def module_candidates(node_name: str, known: set[str] | None = None) -> set[str]:
     """Module paths an exporter node name may stand for.
 
-    The TorchScript exporter writes scopes such as `/layer1/layer1.0/conv1/Conv` or
-    `/layer2/layer2.0/downsample/downsample.0/Conv`: each part is a full dotted path, a child
-    attribute of the previous part, or a path relative to the previous part's parent. The
-    caller keeps the candidate that names a real layer.
+    The TorchScript exporter writes scopes such as `/layer1/layer1.0/conv1/Conv`,
+    `/layer2/layer2.0/downsample/downsample.0/Conv` or
+    `/features/features.2/conv/conv.0/conv.0.0/Conv`: each part is a path relative to some
+    ancestor of the previous part (possibly the root). `known` (dotted prefixes of real
+    module names) prunes the candidates at every step; the caller keeps one that names a layer.
     """
     parts = [p for p in node_name.split("/") if p][:-1]
     names = {""}
     for part in parts:
         step = set()
         for name in names:
-            step.add(part)
-            if name:
-                step.add(f"{name}.{part}")
-                parent = name.rpartition(".")[0]
-                if parent:
-                    step.add(f"{parent}.{part}")
-        names = step
+            pieces = name.split(".") if name else []
+            for cut in range(len(pieces) + 1):
+                cand = ".".join([*pieces[:cut], part])
+                if known is None or cand in known:
+                    step.add(cand)
+        names = step or names
     return names - {""}
+
+
+def _prefixes(names) -> set[str]:
+    out = set()
+    for n in names:
+        pieces = n.split(".")
+        out.update(".".join(pieces[: i + 1]) for i in range(len(pieces)))
+    return out
 
 
 def nodes_of_groups(node_names: Sequence[str], groups: Sequence[LayerGroup]) -> dict[str, list[str]]:
     """Map each group name to the ONNX nodes that compute its layers."""
     owner = {m: g.name for g in groups for m in g.modules}
     result: dict[str, list[str]] = {g.name: [] for g in groups}
+    known = _prefixes(owner)
     for node in node_names:
-        hits = module_candidates(node) & owner.keys()
+        hits = module_candidates(node, known) & owner.keys()
         if hits:  # the longest path is the most specific (`layer1.0.conv1` over `conv1`)
             result[owner[max(hits, key=len)]].append(node)
     return result
@@ -313,8 +322,9 @@ def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float])
         return list(groups)
     owner = {m: g.name for g in groups for m in g.modules}
     per_group = {g.name: 0.0 for g in groups}
+    known = _prefixes(owner)
     for node, ms in node_ms.items():
-        hits = module_candidates(node) & owner.keys()
+        hits = module_candidates(node, known) & owner.keys()
         if hits:
             per_group[owner[max(hits, key=len)]] += ms
     return [replace(g, latency_share=per_group[g.name] / total) for g in groups]

@@ -1,0 +1,65 @@
+"""The CLI: one clear message and a non-zero exit for bad input, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def hadmc(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "hadmc.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_and_help():
+    from hadmc import __version__
+
+    out = hadmc("--version")
+    assert out.returncode == 0 and __version__ in out.stdout
+    helptext = hadmc("--help").stdout
+    for command in ("evaluate", "pretrain", "groups", "probe"):
+        assert command in helptext
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet1234"], "unknown architecture"),
+        (["--model", "resnet18", "--weights", "WEIGHTS"], "cannot read"),
+        (["--model", "resnet18", "--data", "imagefolder:/nonexistent/folder"], "/nonexistent/folder"),
+        (["--model", "resnet18", "--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
+        (["--plan", "no-such-plan"], "shipped plans"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, args, message):
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    args = [str(bad) if a == "WEIGHTS" else a for a in args]
+    if "--plan" not in args:
+        args += ["--plan", "fp32"]
+    out = hadmc("evaluate", *args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    assert message.lower() in (out.stderr + out.stdout).lower()
+
+
+def test_invalid_plan_file_names_the_field(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"default": {"precision": "int3"}}))
+    out = hadmc("evaluate", "--model", "resnet18", "--plan", str(plan))
+    assert out.returncode == 2
+    assert "plan.default.precision" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_json_compares_original_and_plan_with_measured_figures():
+    out = hadmc("evaluate", "--model", "resnet18", "--image-size", "16", "--plan", "int8", "--energy", "estimated", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    base, int8 = report["original"], report["plans"]["int8"]
+    for ev in (base, int8):
+        assert ev["error"] is None
+        assert ev["latency_ms"] > 0 and ev["provenance"]["latency_ms"] in ("measured", "cached")
+        assert ev["provenance"]["energy_mj"] == "estimated"
+        assert 0.0 <= ev["accuracy"] <= 1.0
+    assert int8["model_bytes"] < 0.5 * base["model_bytes"]
+    assert int8["macs"] == base["macs"]  # quantization alone removes no work

@@ -1,0 +1,165 @@
+"""The pipeline changes the model for real: physical pruning, real ONNX, real INT8 kernels."""
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from hadmc import hal
+from hadmc.errors import PlanError
+from hadmc.groups import layer_groups
+from hadmc.pipeline import (
+    apply_plan,
+    count_macs_params,
+    export_onnx,
+    fold_batchnorm,
+    onnx_accuracy,
+    prune,
+    resolve_plan,
+)
+from hadmc.plan import CompressionPlan
+
+
+def _run_onnx(onnx_bytes: bytes, x: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _cifar_stem(name: str) -> torch.nn.Module:
+    from hadmc.models import build_model
+
+    return build_model(name, 10, cifar_stem=True).eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+def test_pruning_removes_channels_physically(arch):
+    model = _cifar_stem(arch)
+    x = torch.randn(2, 3, 32, 32)
+    groups = layer_groups(model, x)
+    plan = resolve_plan(CompressionPlan.uniform(0.5, budget=0), groups)
+    macs0, params0 = count_macs_params(model, x)
+    pruned = prune(copy.deepcopy(model), plan, groups, x)
+    macs1, params1 = count_macs_params(pruned, x)
+    first = pruned.get_submodule(groups[0].modules[0])
+    assert first.out_channels == groups[0].out_channels - int(groups[0].out_channels * 0.5)
+    assert first.weight.shape[0] == first.out_channels  # the tensor itself shrank
+    assert params1 < 0.45 * params0 and macs1 < 0.45 * macs0
+    assert pruned(x).shape == (2, 10)  # the classifier keeps its outputs
+    # the original model is untouched
+    assert model.get_submodule(groups[0].modules[0]).out_channels == groups[0].out_channels
+
+
+def test_onnx_export_matches_pytorch_before_quantization_with_and_without_folding(trained_small, digits16):
+    model, _ = trained_small
+    x = digits16.example_input(batch=8)
+    groups = layer_groups(model, x)
+    expected = model(x).detach().numpy()
+    np.testing.assert_allclose(_run_onnx(export_onnx(model, x, keep_batchnorm=True), x), expected, rtol=1e-4, atol=1e-4)
+    folded = copy.deepcopy(model)
+    n = fold_batchnorm(folded, resolve_plan(CompressionPlan.uniform(), groups), groups, x)
+    assert n == 5 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    np.testing.assert_allclose(folded(x).detach().numpy(), expected, rtol=1e-4, atol=1e-4)
+    onnx_bytes = export_onnx(folded, x)
+    ops = {n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node}
+    assert "BatchNormalization" not in ops
+    np.testing.assert_allclose(_run_onnx(onnx_bytes, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_none_keeps_batchnorm_as_its_own_op(trained_small, digits16):
+    model, _ = trained_small
+    out = apply_plan(model, CompressionPlan.parse({"default": {"fusion": "none"}, "update": {"budget": 0}}), digits16, measure_accuracy=False)
+    ops = [n.op_type for n in onnx.load_from_string(out.onnx_bytes).graph.node]
+    assert ops.count("BatchNormalization") == 5
+
+
+@pytest.fixture(scope="module")
+def fp32_and_int8(trained_small, digits16):
+    model, _ = trained_small
+    fp32 = apply_plan(model, CompressionPlan.uniform(0.0, "fp32", budget=0), digits16)
+    int8 = apply_plan(model, CompressionPlan.uniform(0.0, "int8", budget=0), digits16)
+    return fp32, int8
+
+
+def test_int8_plan_produces_qdq_nodes_and_keeps_accuracy(fp32_and_int8):
+    fp32, int8 = fp32_and_int8
+    ops = [n.op_type for n in onnx.load_from_string(int8.onnx_bytes).graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    assert int8.quantized and int8.int8_nodes == ops.count("QuantizeLinear")
+    assert abs(int8.accuracy - fp32.accuracy) <= 0.02
+    assert int8.model_bytes < 0.5 * fp32.model_bytes  # int8 weights really are stored as int8
+
+
+def _weight_producers(onnx_bytes: bytes) -> dict[str, str]:
+    """Conv/Gemm node name -> what feeds its weight: 'initializer' (float) or the producing op."""
+    graph = onnx.load_from_string(onnx_bytes).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    return {
+        n.name: ("initializer" if n.input[1] in inits else producer.get(n.input[1], "?"))
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm")
+    }
+
+
+def test_mixed_plan_keeps_the_excluded_groups_nodes_in_fp32(trained_small, digits16):
+    model, _ = trained_small
+    plan = CompressionPlan.parse({"default": {"precision": "int8"}, "groups": {"stem.0": {"precision": "fp32"}}, "update": {"budget": 0}})
+    out = apply_plan(model, plan, digits16)
+    feeds = _weight_producers(out.onnx_bytes)
+    stem_group = next(g for g in out.groups if g.name == "stem.0")
+    assert set(stem_group.modules) == {"stem.0", "conv_b"}  # coupled by the residual add
+    fp32_nodes = ["/stem/stem.0/Conv", "/conv_b/Conv"]
+    assert all(feeds[n] == "initializer" for n in fp32_nodes)
+    others = [n for n in feeds if n not in fp32_nodes]
+    assert len(others) == 4 and all(feeds[n] == "DequantizeLinear" for n in others)
+    assert out.excluded_nodes == sorted(fp32_nodes)
+
+
+def test_prune50_with_kd_recovery_cuts_params_3x_within_2_points(trained_small, digits16):
+    model, base_acc = trained_small
+    x = digits16.example_input()
+    macs0, params0 = count_macs_params(model, x)
+    out = apply_plan(model, CompressionPlan.uniform(0.5, "fp32", budget=3, temperature=4, alpha=0.7), digits16, recovery_lr=0.02)
+    assert params0 / out.params >= 3.0 and macs0 / out.macs >= 3.0
+    onnx_base = onnx_accuracy(export_onnx(model, x), digits16.loader("test"))
+    assert out.accuracy >= onnx_base - 0.02
+    assert out.recovery["epochs"] == 3 and out.recovery["steps"] > 0
+
+
+def test_taylor_importance_prunes_too(trained_small, digits16):
+    model, _ = trained_small
+    out = apply_plan(model, CompressionPlan.uniform(0.25, budget=0), digits16, importance="taylor", measure_accuracy=False)
+    assert out.model.get_submodule("stem.0").out_channels == 24
+
+
+def test_round_to_aligns_channel_counts(trained_small, digits16):
+    model, _ = trained_small
+    out = apply_plan(model, CompressionPlan.uniform(0.3, budget=0), digits16, round_to=8, measure_accuracy=False)
+    assert out.model.get_submodule("stem.0").out_channels % 8 == 0
+
+
+def test_classifier_is_never_pruned_and_naming_it_is_an_error(trained_small, digits16):
+    model, _ = trained_small
+    out = apply_plan(model, CompressionPlan.uniform(0.5, budget=0), digits16, measure_accuracy=False)
+    assert out.model.fc.out_features == 10
+    with pytest.raises(PlanError, match="plan.groups.fc.prune_ratio"):
+        apply_plan(model, CompressionPlan.parse({"groups": {"fc": {"prune_ratio": 0.5}}}), digits16)
+
+
+def test_precision_the_device_lacks_is_a_plan_error(trained_small, digits16):
+    model, _ = trained_small
+    cpu = hal.load_device_spec("x86-cpu")
+    assert "fp16" not in cpu.precisions
+    with pytest.raises(PlanError, match="fp16"):
+        apply_plan(model, CompressionPlan.uniform(0.0, "fp16", budget=0), digits16, cpu)
+
+
+def test_recovery_scope_head_trains_only_the_classifier(trained_small, digits16):
+    model, _ = trained_small
+    out = apply_plan(model, CompressionPlan.parse({"default": {"fusion": "none"}, "update": {"scope": "head", "budget": 1}}), digits16, measure_accuracy=False)
+    torch.testing.assert_close(out.model.conv_a.weight, model.conv_a.weight)
+    assert not torch.equal(out.model.fc.weight, model.fc.weight)
