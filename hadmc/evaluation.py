@@ -125,6 +125,7 @@ class PlanEvaluator:
         self.groups = layer_groups(self.model, data.example_input())
         self._baseline: Evaluation | None = None
         self._profile = profile
+        self._done: dict[str, Evaluation] = {}  # resolved plan key -> evaluation (never apply twice)
 
     # The baseline is measured on first use, so building an evaluator stays cheap.
     @property
@@ -141,13 +142,26 @@ class PlanEvaluator:
 
                 try:
                     node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
-                    self.groups = with_latency_shares(self.groups, node_ms)
+                    self.groups = with_latency_shares(self.groups, node_ms, compressed.onnx_bytes)
                 except Exception as exc:  # profiling is a feature, not a requirement
                     log.warning("per-node profiling failed (%s); latency shares left unknown", exc)
         return self._baseline
 
     def evaluate(self, plan) -> Evaluation:
-        """Apply `plan`, measure it; a failing plan returns an Evaluation with `error` set."""
+        """Apply `plan`, measure it; a failing plan returns an Evaluation with `error` set.
+
+        A plan identical (after resolving defaults) to one this evaluator already measured is
+        answered from memory with its provenance marked `cached`.
+        """
+        from .pipeline import resolve_plan
+
+        try:
+            key = resolve_plan(plan, self.groups).key()
+        except Exception:
+            key = None
+        if key in self._done:
+            earlier = self._done[key]
+            return earlier.model_copy(update={"provenance": {k: ("cached" if v == "measured" else v) for k, v in earlier.provenance.items()}})
         return self._evaluate(plan)[0]
 
     def compress(self, plan):
@@ -221,7 +235,10 @@ class PlanEvaluator:
             log.exception("evaluation of plan %s failed", record["plan_key"][:12])
             record["error"] = f"{type(exc).__name__}: {exc}"
         record["wall_s"] = time.perf_counter() - t0
-        return Evaluation(**record), (compressed if keep else None)
+        evaluation = Evaluation(**record)
+        if evaluation.ok:
+            self._done[evaluation.plan_key] = evaluation
+        return evaluation, (compressed if keep else None)
 
 
 def build_evaluator(config) -> PlanEvaluator:

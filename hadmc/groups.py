@@ -311,20 +311,61 @@ def nodes_of_groups(node_names: Sequence[str], groups: Sequence[LayerGroup]) -> 
     return result
 
 
-def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float]) -> list[LayerGroup]:
+def node_owners(onnx_bytes: bytes, groups: Sequence[LayerGroup]) -> dict[str, str]:
+    """Group of every node of an exported graph, keyed by node name and by output tensor name.
+
+    Conv/Gemm nodes belong to their layer's group; every other node (BN, activation, add,
+    pooling) to the group of the node producing its first input, which is where runtimes
+    fuse it (ONNX Runtime names a fused Conv+Relu after the Relu's output).
+    """
+    import onnx
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    direct = {}
+    for group, nodes in nodes_of_groups([n.name for n in graph.node], groups).items():
+        for node in nodes:
+            direct[node] = group
+    producer_group: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        group = direct.get(node.name)
+        if group is None:
+            group = next((producer_group[i] for i in node.input if i in producer_group), None)
+        if group is None:
+            continue
+        owners[node.name] = group
+        for out in node.output:
+            producer_group[out] = group
+            owners[out] = group
+    return owners
+
+
+#: Suffixes ONNX Runtime appends to names of nodes its graph transformers create.
+_RUNTIME_SUFFIXES = ("_nchwc", "_kernel_time", "_fence_before", "_fence_after")
+
+
+def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float], onnx_bytes: bytes | None = None) -> list[LayerGroup]:
     """Attach measured latency shares (from ONNX Runtime's per-node profile) to the groups.
 
-    Nodes that belong to no group (pooling, adds, reshapes) count in the total, so the shares
-    say which fraction of the whole inference each group's layers take.
+    Nodes that belong to no group count in the total, so the shares say which fraction of the
+    whole inference each group's layers take. With the exported graph (`onnx_bytes`), fused
+    and renamed runtime nodes are traced back to the layer that feeds them.
     """
     total = sum(node_ms.values())
     if total <= 0:
         return list(groups)
+    owners = node_owners(onnx_bytes, groups) if onnx_bytes is not None else {}
     owner = {m: g.name for g in groups for m in g.modules}
     per_group = {g.name: 0.0 for g in groups}
     known = _prefixes(owner)
     for node, ms in node_ms.items():
-        hits = module_candidates(node, known) & owner.keys()
-        if hits:
-            per_group[owner[max(hits, key=len)]] += ms
+        name = node
+        for suffix in _RUNTIME_SUFFIXES:
+            name = name.removesuffix(suffix)
+        group = owners.get(node) or owners.get(name)
+        if group is None:
+            hits = module_candidates(name, known) & owner.keys()
+            group = owner[max(hits, key=len)] if hits else None
+        if group is not None:
+            per_group[group] += ms
     return [replace(g, latency_share=per_group[g.name] / total) for g in groups]

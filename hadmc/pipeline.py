@@ -476,6 +476,16 @@ def apply_plan(
         loader = data.loader("train", batch_size=32, shuffle=False)
         calib_xy = [b for _, b in zip(range(4), loader)]
     prune(student, plan, groups, example, importance=importance, round_to=round_to, calibration=calib_xy)
+    try:
+        with torch.no_grad():
+            student.eval()(example)
+    except Exception as exc:
+        pruned = sorted(n for n, d in plan.groups.items() if d.prune_ratio > 0)
+        raise PipelineError(
+            f"after pruning groups {pruned[:6]}{' ...' if len(pruned) > 6 else ''} the model no longer runs "
+            f"({type(exc).__name__}: {exc}); a layer depends on a fixed channel count (e.g. a hard-coded "
+            "reshape): keep prune_ratio 0 for the groups that feed it"
+        ) from exc
     timings["prune_s"] = time.perf_counter() - t
     say("prune", {"seconds": timings["prune_s"]})
 

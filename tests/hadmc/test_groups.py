@@ -81,3 +81,19 @@ def test_latency_shares_come_from_node_times_and_count_unowned_nodes_in_the_tota
     assert by_name["layer1.0.conv1"] == pytest.approx(0.2)
     assert by_name["fc"] == 0.0
     assert shared[0].features()[-1] == 1.0  # the "known" flag
+
+
+def test_profiled_latency_shares_trace_fused_runtime_nodes_back_to_their_layers():
+    from hadmc import hal
+    from hadmc.pipeline import export_onnx
+
+    model = _resnet18_cifar()
+    x = torch.randn(1, 3, 32, 32)
+    groups = layer_groups(model, x)
+    onnx_bytes = export_onnx(model, x)
+    node_ms = hal.get_latency_probe("ort-cpu").profile_nodes(onnx_bytes)
+    # ONNX Runtime renames fused Conv+Relu nodes after the Relu's output tensor
+    assert any(name.endswith("Relu_output_0_nchwc") for name in node_ms)
+    shared = with_latency_shares(groups, node_ms, onnx_bytes)
+    assert sum(g.latency_share for g in shared) == pytest.approx(1.0, abs=0.02)
+    assert all(g.latency_share > 0.01 for g in shared[:-1])  # every conv group takes real time
