@@ -374,6 +374,13 @@ def resolve_model(
                 f"has {data.num_classes} classes at {data.input_shape[1]}x{data.input_shape[2]}; "
                 "name an architecture and its weights instead"
             )
+        if data.name == meta.get("data") and data.seed != meta.get("seed"):
+            # A different split seed puts images the model was trained on into the test split.
+            logger.warning(
+                "the default model was trained on the seed-%s split of %s but the data uses seed %s: "
+                "its test split overlaps the model's training images, so accuracy reads high",
+                meta.get("seed"), data.name, data.seed,
+            )
         return model
     if cifar_stem is None:
         cifar_stem = data.input_shape[1] <= 64
