@@ -247,7 +247,8 @@ def build_evaluator(config) -> PlanEvaluator:
     from .data import load_data
     from .models import resolve_model
 
-    data = load_data(config.data, image_size=config.image_size, seed=config.seed)
+    # Split seed 0 always: the embedded default was trained on that split (config.seed seeds training).
+    data = load_data(config.data, image_size=config.image_size, seed=0)
     model = resolve_model(config.model, data, weights=config.weights)
     device = hal.load_device_spec(config.device)
     lat = config.latency

@@ -167,7 +167,7 @@ def recover(
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Knowledge-distilled fine-tuning: `(1-alpha)*CE + alpha*T^2*KL(student || teacher)`."""
+    """Knowledge-distilled fine-tuning: `(1-alpha)*CE + alpha*T^2*KL(teacher || student)` (Hinton et al.)."""
     from .training import train_classifier
 
     budget = plan.update.budget
