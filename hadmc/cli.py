@@ -24,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output gets a fixed width wide enough for the comparison table.
+console = Console(width=None if sys.stdout.isatty() else 100)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -84,20 +85,14 @@ def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_s
     return resolve_model(model, bundle, weights=weights), bundle
 
 
-def _fmt(value: Any, kind: str) -> str:
+#: Marks after a figure that was not measured in this run (explained under the table).
+_MARKS = {"estimated": "*", "cached": "\u2020"}
+
+
+def _cell(value: Any, fmt: str, provenance: str | None) -> str:
     if value is None:
         return "-"
-    if kind == "acc":
-        return f"{100 * value:.2f}%"
-    if kind == "ms":
-        return f"{value:.3f}"
-    if kind == "mj":
-        return f"{value:.3f}"
-    if kind == "bytes":
-        return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
-    if kind == "count":
-        return f"{value / 1e6:.2f} M"
-    return str(value)
+    return format(value, fmt) + _MARKS.get(provenance or "measured", "")
 
 
 def _row(name: str, ev, base) -> list[str]:
@@ -105,13 +100,13 @@ def _row(name: str, ev, base) -> list[str]:
     prov = ev.provenance
     return [
         name,
-        _fmt(ev.accuracy, "acc"),
-        _fmt(ev.latency_ms, "ms") + (f" ({prov.get('latency_ms')})" if prov.get("latency_ms") != "measured" else ""),
+        _cell(100 * ev.accuracy if ev.accuracy is not None else None, ".2f", prov.get("accuracy")),
+        _cell(ev.latency_ms, ".3f", prov.get("latency_ms")),
         speed,
-        _fmt(ev.energy_mj, "mj") + (f" ({prov['energy_mj']})" if "energy_mj" in prov else ""),
-        _fmt(ev.model_bytes, "bytes"),
-        _fmt(ev.macs, "count"),
-        _fmt(ev.params, "count"),
+        _cell(ev.energy_mj, ".2f", prov.get("energy_mj")),
+        _cell(ev.model_bytes / 1e6 if ev.model_bytes else None, ".2f", None),
+        _cell(ev.macs / 1e6 if ev.macs else None, ".1f", None),
+        _cell(ev.params / 1e6 if ev.params else None, ".2f", None),
     ]
 
 
@@ -203,9 +198,9 @@ def evaluate(
             )
         )
     else:
-        table = Table(title=f"{model} on {data}, {spec.name} ({probe.name}, {threads} thread{'s' if threads > 1 else ''}, batch 1)")
-        for col in ("plan", "accuracy", "latency ms", "speedup", "energy mJ", "size", "MACs", "params"):
-            table.add_column(col, justify="left" if col == "plan" else "right")
+        table = Table(title=f"{model} on {data} · {spec.name} · {probe.name}, {threads} thread{'s' if threads > 1 else ''}, batch 1")
+        for col in ("plan", "top-1 %", "latency ms", "speedup", "energy mJ", "ONNX MB", "MMACs", "Mparams"):
+            table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=True, min_width=len(col))
         table.add_row(*_row("original", base, base))
         for name, ev in results:
             if ev.ok:
@@ -213,9 +208,11 @@ def evaluate(
             else:
                 table.add_row(name, f"[red]failed: {ev.error}[/red]", *[""] * 6)
         console.print(table)
-        notes = {ev.provenance.get("energy_mj") for _, ev in [("o", base), *results]} - {None}
-        if "estimated" in notes:
-            console.print("[dim]energy is estimated from latency and the device's power model: no energy counter is readable here[/dim]")
+        seen = {v for _, ev in [("original", base), *results] for v in ev.provenance.values()}
+        if "estimated" in seen:
+            console.print("* estimated from latency and the device's power model (no energy counter is readable here)", soft_wrap=True)
+        if "cached" in seen:
+            console.print("\u2020 the same artifact was measured earlier in this run; its figure is reused", soft_wrap=True)
     if any(not ev.ok for _, ev in results):
         raise typer.Exit(1)
 

@@ -4,7 +4,7 @@ import sqlite3
 import time
 
 import pytest
-from conftest import matmul_model
+from hal_models import matmul_model
 
 from hadmc.hal import EnergyResult, MeasurementCache, cached_probe, get_latency_probe
 from hadmc.hal.cache import TABLE

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import matmul_model
+from hal_models import matmul_model
 
 from hadmc.errors import ProbeError
 from hadmc.hal import EstimatedEnergyProbe, get_energy_probe, get_latency_probe, load_device_spec

@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import export_tiny_cnn, matmul_model
+from hal_models import export_tiny_cnn, matmul_model
 
 from hadmc.errors import ProbeError
 from hadmc.hal import LatencyResult, OrtCpuProbe, get_latency_probe, graph_inputs

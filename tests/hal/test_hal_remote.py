@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import export_tiny_cnn, matmul_model
+from hal_models import export_tiny_cnn, matmul_model
 from onnx import TensorProto, helper
 
 from hadmc.errors import ConfigError, ProbeError

@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import onnx
 import pytest
-from conftest import export_tiny_cnn, matmul_model
+from hal_models import export_tiny_cnn, matmul_model
 from onnx import TensorProto, helper, numpy_helper
 
 from hadmc.errors import ProbeError
