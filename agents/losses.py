@@ -218,7 +218,7 @@ def _row_advantage(advantages: Tensor, log_ratio: Tensor) -> Tensor:
 
 def ppo_clip_loss(
     log_ratio: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     advantages: Tensor,
     mode: RatioMode = RatioMode("token"),
     p: float | Tensor | None = None,
@@ -231,7 +231,7 @@ def ppo_clip_loss(
     """Per-row PPO clipped-surrogate loss under a ratio mode.
 
     :param log_ratio: [N, K] per-factor log-ratios
-    :param mask: [N, K] bool, the active factors
+    :param mask: [N, K] bool, the active factors (None: all active, which skips the masking)
     :param advantages: [N] (or [N, K] in ``token`` mode)
     :param mode: the ratio mode (``parse_ratio_mode``)
     :param p: the power for ``power`` modes when it is scheduled or learned
@@ -243,8 +243,6 @@ def ppo_clip_loss(
     :param log_space_clip: clip in log space, sign-aware, before exponentiating
     :return: loss per row, [N]
     """
-    mask = mask.bool()
-
     def surrogate(lr: Tensor, adv: Tensor) -> Tensor:
         if log_space_clip:
             return log_space_clipped_surrogate(lr, adv, clip_low, clip_high, dual_clip)
@@ -253,7 +251,10 @@ def ppo_clip_loss(
     if mode.kind == "token":
         adv = advantages if advantages.dim() == log_ratio.dim() else advantages.unsqueeze(-1)
         adv = adv.expand_as(log_ratio)
-        return masked_mean(surrogate(log_ratio, adv), mask)  # mean_j max(-A r_j, -A clip(r_j))
+        if mask is None:
+            return surrogate(log_ratio, adv).mean(-1)
+        return masked_mean(surrogate(log_ratio, adv), mask.bool())  # mean_j max(-A r_j, -A clip(r_j))
+    mask = torch.ones_like(log_ratio, dtype=torch.bool) if mask is None else mask.bool()
     row_adv = _row_advantage(advantages, log_ratio)
     log_s = row_log_ratio(log_ratio, mask, mode, p)
     if stop_gradient:
@@ -266,17 +267,17 @@ def ppo_clip_loss(
     return torch.where(mask.any(-1), loss, torch.zeros_like(loss))
 
 
-def pmd_loss(log_ratio: Tensor, mask: Tensor, advantages: Tensor, tau: float = 1.0) -> Tensor:
+def pmd_loss(log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, tau: float = 1.0) -> Tensor:
     """Per-row 0.5 * tau/|y| * (sum_j l_j - A/tau)^2 (PMD-mean / PMD-part regression).
 
     :param log_ratio: [N, K] per-factor log-ratios
-    :param mask: [N, K] bool, the factors of each row; |y| is their count
+    :param mask: [N, K] bool, the factors of each row; |y| is their count (None: all)
     :param advantages: [N]; leave-one-out mean baseline (pmd-mean) or log-mean-exp (pmd-part)
     :param tau: the KL regularisation strength of the mirror-descent step
     """
     if tau <= 0:
         raise ValueError(f"pmd tau must be > 0, got {tau}")
-    mask = mask.bool()
+    mask = torch.ones_like(log_ratio, dtype=torch.bool) if mask is None else mask.bool()
     n = mask.sum(-1).clamp_min(1).to(log_ratio.dtype)
     total = masked_sum(log_ratio, mask)
     loss = 0.5 * tau / n * (total - _row_advantage(advantages, log_ratio) / tau) ** 2
@@ -310,7 +311,7 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
 def policy_loss(
     kind: str,
     log_ratio: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     advantages: Tensor,
     *,
     mode: RatioMode = RatioMode("token"),
@@ -356,10 +357,13 @@ def approx_kl(log_ratio: Tensor) -> Tensor:
     return ((torch.exp(log_ratio) - 1.0) - log_ratio).mean()
 
 
-def clip_fraction(log_ratio: Tensor, mask: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """Share of active units whose ratio lies outside [1 - eps_low, 1 + eps_high]."""
+def clip_fraction(log_ratio: Tensor, mask: Tensor | None, clip_low: float, clip_high: float) -> Tensor:
+    """Share of active units (None: all) whose ratio lies outside [1 - eps_low, 1 + eps_high]."""
     r = torch.exp(log_ratio)
-    out = ((r < 1.0 - clip_low) | (r > 1.0 + clip_high)) & mask.bool()
+    out = (r < 1.0 - clip_low) | (r > 1.0 + clip_high)
+    if mask is None:
+        return out.to(log_ratio.dtype).mean()
+    out = out & mask.bool()
     return out.sum().to(log_ratio.dtype) / mask.bool().sum().clamp_min(1).to(log_ratio.dtype)
 
 

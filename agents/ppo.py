@@ -345,8 +345,9 @@ class PPOTrainer:
             self.obs_space, env.single_action_space, tuple(cfg.hidden_sizes), cfg.activation,
             cfg.log_std_init, cfg.separate_critic,
         )
-        # foreach: one fused multi-tensor update instead of a Python loop over parameters (CPU)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
+        # kept as a list: clipping and zeroing then skip walking the module tree every step
+        self._params = [q for q in self.policy.parameters() if q.requires_grad]
+        self.optimizer = _adam(self._params, cfg.learning_rate)
         self.p_module: L.LearnedPower | None = None
         self.p_optimizer: torch.optim.Optimizer | None = None
         if cfg.learn_p:
@@ -600,7 +601,15 @@ class PPOTrainer:
             order = torch.argsort(batch.seq_id, stable=True)
             counts = torch.bincount(batch.seq_id, minlength=n_units)
             seq_members = list(torch.split(order, counts.tolist()))
-        pg_losses, v_losses, ent_losses, kls, clipfracs = [], [], [], [], []
+        # a rollout without masks (every head active, every option valid, e.g. CartPole)
+        # skips the mask machinery: no masked fills, products or boolean row selection
+        unmasked = batch.options is None and bool(batch.head_mask.all())
+        # metrics stay tensors until the end of the update: no per-minibatch syncs to Python
+        pg_losses: list[torch.Tensor] = []
+        v_losses: list[torch.Tensor] = []
+        ent_losses: list[torch.Tensor] = []
+        kls: list[torch.Tensor] = []
+        clipfracs: list[torch.Tensor] = []
         n_updates = 0
         stop = False
         for _epoch in range(cfg.n_epochs):
@@ -608,50 +617,57 @@ class PPOTrainer:
             for start in range(0, n_units, cfg.batch_size):
                 units = perm[start:start + cfg.batch_size]
                 idx = torch.cat([seq_members[int(u)] for u in units]) if sequence else units
-                masks = ActionMasks(batch.head_mask[idx], None if batch.options is None else batch.options[idx])
+                hmask = batch.head_mask[idx]
+                masks = None if unmasked else ActionMasks(hmask, None if batch.options is None else batch.options[idx])
                 logp, ent, values = self.policy.evaluate(batch.obs[idx], batch.actions[idx], masks)
                 log_ratio = (logp - batch.old_logp[idx])
-                hmask = masks.heads
                 adv = batch.advantages[idx]
                 if normalize and adv.numel() > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 if sequence:
                     rows_lr, rows_mask, rows_adv = _to_sequences(log_ratio, hmask, adv, batch.seq_id[idx], batch.seq_pos[idx], token=mode.kind == "token" and self.loss_spec.uses_ratio_mode)
                 else:
-                    rows_lr, rows_mask, rows_adv = log_ratio, hmask, adv
+                    rows_lr, rows_mask, rows_adv = log_ratio, (None if unmasked else hmask), adv
                 per_row = L.policy_loss(
                     cfg.loss, rows_lr, rows_mask, rows_adv, mode=mode, p=p, clip_low=clip_low, clip_high=clip_high,
                     dual_clip=cfg.dual_clip, stop_gradient=cfg.stop_gradient, log_space_clip=cfg.log_space_clip, tau=cfg.pmd_tau,
                 )
-                nonempty = rows_mask.any(-1)
-                pg_loss = per_row[nonempty].mean() if bool(nonempty.any()) else per_row.sum() * 0.0
+                if rows_mask is None:
+                    pg_loss = per_row.mean()
+                else:
+                    nonempty = rows_mask.any(-1)
+                    pg_loss = per_row[nonempty].mean() if bool(nonempty.any()) else per_row.sum() * 0.0
                 v_loss = L.value_loss(values, batch.returns[idx], batch.old_values[idx], cfg.clip_range_vf)
-                ent_loss = -L.entropy_per_row(ent, hmask).mean()
-                loss = pg_loss + cfg.ent_coef * ent_loss + cfg.vf_coef * v_loss
+                ent_loss = -(ent.sum(-1) if unmasked else L.entropy_per_row(ent, hmask)).mean()
+                loss = pg_loss + cfg.vf_coef * v_loss
+                if cfg.ent_coef != 0.0:
+                    # with ent_coef 0 the entropy is only reported: keeping it out of the graph
+                    # spares its backward pass (its gradient would be exactly 0)
+                    loss = loss + cfg.ent_coef * ent_loss
                 with torch.no_grad():
-                    step_lr = L.masked_sum(log_ratio, hmask)
-                    kl = float(L.approx_kl(step_lr))
+                    step_lr = log_ratio.sum(-1) if unmasked else L.masked_sum(log_ratio, hmask)
+                    kl = L.approx_kl(step_lr)
                     unit_lr = log_ratio if mode.kind == "token" else step_lr.unsqueeze(-1)
-                    unit_mask = hmask if mode.kind == "token" else hmask.any(-1, keepdim=True)
-                    clipfracs.append(float(L.clip_fraction(unit_lr, unit_mask, clip_low, clip_high)))
+                    unit_mask = None if unmasked else (hmask if mode.kind == "token" else hmask.any(-1, keepdim=True))
+                    clipfracs.append(L.clip_fraction(unit_lr, unit_mask, clip_low, clip_high))
                 kls.append(kl)
-                if cfg.target_kl is not None and kl > 1.5 * cfg.target_kl:
+                if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
                     stop = True
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.p_optimizer is not None:
                     self.p_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm, foreach=True)
+                torch.nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
                 if self.p_optimizer is not None:
                     self.p_optimizer.step()
                     assert self.p_module is not None
                     p = self.p_module()
                 n_updates += 1
-                pg_losses.append(float(pg_loss.detach()))
-                v_losses.append(float(v_loss.detach()))
-                ent_losses.append(float(ent_loss.detach()))
+                pg_losses.append(pg_loss.detach())
+                v_losses.append(v_loss.detach())
+                ent_losses.append(ent_loss.detach())
             if stop:
                 break
         ev = L.explained_variance(batch.old_values, batch.returns)
@@ -811,8 +827,17 @@ def _stack_obs(space: gym.Space, items: list[Any]) -> Any:
     return np.stack([np.asarray(it) for it in items])
 
 
-def _mean(xs: list[float]) -> float:
-    return float(np.mean(xs)) if xs else float("nan")
+def _mean(xs: list[torch.Tensor]) -> float:
+    return float(torch.stack(xs).mean()) if xs else float("nan")
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with SB3's eps 1e-5; the fused kernel (one pass over all parameters) where this
+    torch build has it for the parameters' device, else the multi-tensor (foreach) one."""
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(params, lr=lr, eps=1e-5, foreach=True)
 
 
 def _jsonable(x: Any) -> Any:
