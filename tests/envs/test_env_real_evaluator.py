@@ -143,3 +143,21 @@ def test_plan_that_breaks_pruning_gives_the_penalty_an_error_row_and_the_next_ep
     assert info_ok["provenance"]["latency_ms"] == "measured"
     env.close()
 
+
+
+def test_gymnasium_make_without_arguments_builds_the_embedded_default(tmp_path, monkeypatch):
+    import gymnasium
+
+    import hadmc.envs  # noqa: F401  (registers hadmc/Compression-v0)
+
+    monkeypatch.chdir(tmp_path)  # the default run directory is runs/default under the cwd
+    env = gymnasium.make("hadmc/Compression-v0")
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs.shape == (OBS_DIM,) and info["step_type"] == "group"
+        inner = env.unwrapped
+        assert inner.config.model == "default" and inner.evaluator.device.backend == "ort-cpu"
+        assert inner.baseline.provenance["latency_ms"] == "measured" and inner.baseline.accuracy > 0.95
+        assert (tmp_path / "runs" / "default" / "hadmc.db").is_file()
+    finally:
+        env.close()
