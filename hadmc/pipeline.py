@@ -350,11 +350,32 @@ def quantize_int8(
     return qmodel.SerializeToString(), n_q, keep_float
 
 
+def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace `Identity(initializer)` nodes (the exporter's de-duplication of equal tensors)
+    with copies of the initializer, so each layer owns its weights and a layer converted to
+    fp16 never shares a tensor with one kept at fp32."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy_ = onnx.TensorProto()
+            copy_.CopyFrom(inits[node.input[0]])
+            copy_.name = node.output[0]
+            graph.initializer.append(copy_)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
 def convert_fp16(onnx_bytes: bytes, fp16_groups: set[str], groups: Sequence[LayerGroup]) -> bytes:
     """Convert the nodes of `fp16_groups` to float16 (inputs/outputs stay float32)."""
     from onnxconverter_common import float16
 
-    model = onnx.load_from_string(onnx_bytes)
+    model = _unshare_initializers(onnx.load_from_string(onnx_bytes))
     by_group = nodes_of_groups([n.name for n in model.graph.node], groups)
     fp16_nodes = {n for g in fp16_groups for n in by_group.get(g, [])}
     block = [n.name for n in model.graph.node if n.name not in fp16_nodes]
@@ -508,11 +529,13 @@ def apply_plan(
     fp16 = {n for n, d in plan.groups.items() if d.precision == "fp16"}
     n_q, excluded = 0, []
     t = time.perf_counter()
+    # fp16 first: the float16 converter cannot follow Q/DQ pairs, while the INT8 quantizer
+    # leaves the (excluded) fp16 nodes alone.
+    if fp16:
+        onnx_bytes = convert_fp16(onnx_bytes, fp16, groups)
     if int8:
         calib = data.calibration_batches(n_batches=calibration_batches)
         onnx_bytes, n_q, excluded = quantize_int8(onnx_bytes, int8, groups, calib, device_spec=device_spec)
-    if fp16:
-        onnx_bytes = convert_fp16(onnx_bytes, fp16, groups)
     timings["quantize_s"] = time.perf_counter() - t
     if int8 or fp16:
         say("quantize", {"int8_nodes": n_q, "excluded": len(excluded)})

@@ -163,3 +163,29 @@ def test_recovery_scope_head_trains_only_the_classifier(trained_small, digits16)
     out = apply_plan(model, CompressionPlan.parse({"default": {"fusion": "none"}, "update": {"scope": "head", "budget": 1}}), digits16, measure_accuracy=False)
     torch.testing.assert_close(out.model.conv_a.weight, model.conv_a.weight)
     assert not torch.equal(out.model.fc.weight, model.fc.weight)
+
+
+def _initializer_types(onnx_bytes: bytes) -> dict[str, int]:
+    return {i.name: i.data_type for i in onnx.load_from_string(onnx_bytes).graph.initializer}
+
+
+def test_fp16_plan_for_a_gpu_target_converts_only_the_chosen_groups(trained_small, digits16):
+    model, _ = trained_small
+    gpu = hal.load_device_spec("rtx-4090")
+    plan = CompressionPlan.parse({"default": {"precision": "fp16"}, "groups": {"fc": {"precision": "fp32"}}, "update": {"budget": 0}})
+    out = apply_plan(model, plan, digits16, gpu)
+    types = _initializer_types(out.onnx_bytes)
+    assert types["conv_a.weight"] == onnx.TensorProto.FLOAT16 and types["fc.weight"] == onnx.TensorProto.FLOAT
+    x = digits16.example_input(batch=8)
+    np.testing.assert_allclose(_run_onnx(out.onnx_bytes, x), model(x).detach().numpy(), atol=0.05)
+    assert out.model_bytes < 0.6 * len(export_onnx(model, x))
+
+
+def test_int8_and_fp16_groups_mix_in_one_artifact(trained_small, digits16, fp32_and_int8):
+    model, _ = trained_small
+    gpu = hal.load_device_spec("rtx-4090")
+    plan = CompressionPlan.parse({"default": {"precision": "int8"}, "groups": {"conv_a": {"precision": "fp16"}}, "update": {"budget": 0}})
+    out = apply_plan(model, plan, digits16, gpu)
+    assert _initializer_types(out.onnx_bytes)["conv_a.weight"] == onnx.TensorProto.FLOAT16
+    assert _weight_producers(out.onnx_bytes)["/conv_b/Conv"] == "DequantizeLinear"
+    assert abs(out.accuracy - fp32_and_int8[0].accuracy) <= 0.03
