@@ -114,7 +114,7 @@ class PipelineSettings(_Strict):
     importance: Literal["l1", "taylor"] = Field("l1", description="Torch-Pruning channel importance")
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this (tensor cores)")
     batch_size: int = Field(64, ge=1, description="batch size of recovery training and evaluation")
-    learning_rate: float = Field(1e-3, gt=0.0, description="recovery fine-tuning learning rate")
+    learning_rate: float = Field(0.01, gt=0.0, description="peak learning rate of recovery fine-tuning (one-cycle SGD, as `apply_plan`)")
     calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
     max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")

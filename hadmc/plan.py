@@ -127,7 +127,8 @@ class CompressionPlan(_Strict):
         if unknown:
             shown = ", ".join(list(group_names)[:8]) + (" ..." if len(group_names) > 8 else "")
             raise PlanError(f"plan names layer groups the model does not have: {unknown}; the model's groups are: {shown}")
-        return self.model_copy(update={"groups": {n: self.decision_for(n) for n in group_names}})
+        # Every group is now explicit, so `default` is reset: equal decisions give equal keys.
+        return self.model_copy(update={"groups": {n: self.decision_for(n) for n in group_names}, "default": GroupDecision()})
 
     def canonical_json(self) -> str:
         """Sorted keys, no whitespace: equal plans give equal text."""

@@ -58,3 +58,9 @@ def test_resolve_spells_out_every_group_and_rejects_unknown_names():
 def test_missing_plan_file_says_what_to_pass(tmp_path):
     with pytest.raises(PlanError, match="does not exist"):
         CompressionPlan.load(tmp_path / "nope.json")
+
+
+def test_a_default_and_the_same_decisions_spelled_out_resolve_to_one_key():
+    by_default = CompressionPlan.parse({"default": {"prune_ratio": 0.3, "precision": "int8"}}).resolve(["a", "b"])
+    spelled = CompressionPlan.parse({"groups": {n: {"prune_ratio": 0.3, "precision": "int8"} for n in "ab"}}).resolve(["a", "b"])
+    assert by_default.key() == spelled.key()
