@@ -373,7 +373,7 @@ def _unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def convert_fp16(onnx_bytes: bytes, fp16_groups: set[str], groups: Sequence[LayerGroup]) -> bytes:
     """Convert the nodes of `fp16_groups` to float16 (inputs/outputs stay float32)."""
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16  # ships with onnxruntime
 
     model = _unshare_initializers(onnx.load_from_string(onnx_bytes))
     by_group = nodes_of_groups([n.name for n in model.graph.node], groups)
