@@ -12,14 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError
-from .plan import FUSIONS, MAX_PRUNE_RATIO, PRECISIONS, PRUNE_GRID, UPDATE_SCOPES, format_validation_error
+from .plan import FUSIONS, MAX_PRUNE_RATIO, PRECISIONS, PRUNE_GRID, UPDATE_SCOPES, Fusion, Precision, UpdateScope, validate
 
-Precision = Literal["fp32", "fp16", "int8"]
-Fusion = Literal["none", "conv_bn", "conv_bn_act"]
-UpdateScope = Literal["head", "last_stage", "half", "full"]
 
 
 class _Strict(BaseModel):
@@ -168,12 +165,7 @@ class RunConfig(_Strict):
     @classmethod
     def parse(cls, data: dict[str, Any] | str | bytes) -> RunConfig:
         """Validate a dict or JSON text; errors name the field path and the allowed values."""
-        try:
-            if isinstance(data, (str, bytes)):
-                return cls.model_validate_json(data)
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, "config")) from None
+        return validate(cls, data, ConfigError, "config")
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> RunConfig:

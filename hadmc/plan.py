@@ -99,12 +99,7 @@ class CompressionPlan(_Strict):
     @classmethod
     def parse(cls, data: dict | str | bytes) -> CompressionPlan:
         """Validate a dict or JSON text; errors name the field path and the allowed values."""
-        try:
-            if isinstance(data, (str, bytes)):
-                return cls.model_validate_json(data)
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise PlanError(format_validation_error(exc, "plan")) from None
+        return validate(cls, data, PlanError, "plan")
 
     @classmethod
     def load(cls, path: str | Path) -> CompressionPlan:
@@ -140,6 +135,16 @@ class CompressionPlan(_Strict):
 
     def precisions(self) -> set[str]:
         return {self.default.precision, *(d.precision for d in self.groups.values())}
+
+
+def validate(model: type[BaseModel], data: dict | str | bytes, error: type[Exception], root: str):
+    """`model` validated from a dict or JSON text; a failure raises `error` naming each field."""
+    try:
+        if isinstance(data, (str, bytes)):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(format_validation_error(exc, root)) from None
 
 
 def format_validation_error(exc: ValidationError, root: str) -> str:

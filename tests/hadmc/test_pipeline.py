@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import torchvision
 
 from hadmc import hal
 from hadmc.errors import PlanError

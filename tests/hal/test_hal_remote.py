@@ -12,7 +12,6 @@ import time
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 import torch
 from hal_models import export_tiny_cnn, matmul_model
