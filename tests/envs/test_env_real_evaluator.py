@@ -161,3 +161,19 @@ def test_gymnasium_make_without_arguments_builds_the_embedded_default(tmp_path, 
         assert (tmp_path / "runs" / "default" / "hadmc.db").is_file()
     finally:
         env.close()
+
+
+def test_sb3_checks_and_trains_on_the_flattened_real_env(digits_env):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from hadmc.envs.wrappers import FlattenActions
+
+    env = FlattenActions(digits_env)
+    sb3_check_env(env, warn=True)
+    before = digits_env.store.count(digits_env.run_id)
+    steps = 20 * (len(digits_env.groups) + 1)  # twenty real plans applied and measured
+    model = PPO("MlpPolicy", env, n_steps=steps, batch_size=steps // 4, n_epochs=1, seed=0, device="cpu", verbose=0)
+    model.learn(total_timesteps=steps)
+    assert model.num_timesteps == steps
+    assert digits_env.store.count(digits_env.run_id) > before  # new plans reached the store
