@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -206,7 +207,7 @@ def evaluate(
             if ev.ok:
                 table.add_row(*_row(name, ev, base))
             else:
-                table.add_row(name, f"[red]failed: {ev.error}[/red]", *[""] * 6)
+                table.add_row(name, f"[red]failed: {escape(ev.error)}[/red]", *[""] * 6)
         console.print(table)
         seen = {v for _, ev in [("original", base), *results] for v in ev.provenance.values()}
         if "estimated" in seen:
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # standalone_mode=False returns (not raises) the code of typer.Exit
         rc = app(args=argv, standalone_mode=False)
     except HadmcError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}")
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         return 2
     except typer.Exit as exc:
         return exc.exit_code

@@ -63,3 +63,9 @@ def test_evaluate_json_compares_original_and_plan_with_measured_figures():
         assert 0.0 <= ev["accuracy"] <= 1.0
     assert int8["model_bytes"] < 0.5 * base["model_bytes"]
     assert int8["macs"] == base["macs"]  # quantization alone removes no work
+
+
+def test_error_text_with_brackets_reaches_the_user_intact():
+    # rich markup would swallow "[tensorrt]" in the install hint
+    out = hadmc("evaluate", "--model", "resnet18", "--device", "jetson-orin-nano", "--plan", "fp32")
+    assert out.returncode == 2 and "hadmc[tensorrt]" in out.stderr
