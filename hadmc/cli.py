@@ -181,10 +181,12 @@ def evaluate(
     results = []
     for i, (name, p) in enumerate(plans, 1):
         with console.status(f"[{i}/{len(plans)}] applying {name} ...") if not as_json else nullcontext():
-            ev = evaluator.evaluate(p)
-            if save is not None and ev.ok:
-                save.mkdir(parents=True, exist_ok=True)
-                evaluator.compress(p).save(save / f"{Path(name).stem}.onnx")
+            if save is None:
+                ev = evaluator.evaluate(p)
+            else:
+                ev, compressed = evaluator.evaluate_with_artifact(p)
+                if compressed is not None:
+                    compressed.save(save / f"{Path(name).stem}.onnx")
         results.append((name, ev))
 
     if as_json:

@@ -164,11 +164,10 @@ class PlanEvaluator:
             return earlier.model_copy(update={"provenance": {k: ("cached" if v == "measured" else v) for k, v in earlier.provenance.items()}})
         return self._evaluate(plan)[0]
 
-    def compress(self, plan):
-        """Apply `plan` and return the `CompressedModel` (for export), raising on failure."""
-        from .pipeline import apply_plan
-
-        return apply_plan(self.model, plan, self.data, self.device, groups=self.groups, seed=self.seed, **self.pipeline)
+    def evaluate_with_artifact(self, plan):
+        """Like `evaluate`, and also return the `CompressedModel` (None if the plan failed) to
+        save or ship, so exporting never applies a plan a second time."""
+        return self._evaluate(plan, keep=True)
 
     def _evaluate(self, plan, keep: bool = False):
         from .errors import HadmcError

@@ -51,8 +51,8 @@ def test_invalid_plan_file_names_the_field(tmp_path):
     assert "plan.default.precision" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_evaluate_json_compares_original_and_plan_with_measured_figures():
-    out = hadmc("evaluate", "--model", "resnet18", "--image-size", "16", "--plan", "int8", "--energy", "estimated", "--json")
+def test_evaluate_json_compares_original_and_plan_with_measured_figures(tmp_path):
+    out = hadmc("evaluate", "--model", "resnet18", "--image-size", "16", "--plan", "int8", "--energy", "estimated", "--json", "--save", str(tmp_path))
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     base, int8 = report["original"], report["plans"]["int8"]
@@ -63,6 +63,8 @@ def test_evaluate_json_compares_original_and_plan_with_measured_figures():
         assert 0.0 <= ev["accuracy"] <= 1.0
     assert int8["model_bytes"] < 0.5 * base["model_bytes"]
     assert int8["macs"] == base["macs"]  # quantization alone removes no work
+    saved = tmp_path / "int8.onnx"
+    assert saved.stat().st_size == int8["model_bytes"]  # the measured artifact is the one saved
 
 
 def test_error_text_with_brackets_reaches_the_user_intact():
