@@ -71,3 +71,11 @@ def test_error_text_with_brackets_reaches_the_user_intact():
     # rich markup would swallow "[tensorrt]" in the install hint
     out = hadmc("evaluate", "--model", "resnet18", "--device", "jetson-orin-nano", "--plan", "fp32")
     assert out.returncode == 2 and "hadmc[tensorrt]" in out.stderr
+
+
+def test_groups_lists_the_names_a_plan_may_use():
+    out = hadmc("groups", "--model", "resnet18", "--json")
+    assert out.returncode == 0, out.stderr
+    groups = json.loads(out.stdout)
+    assert len(groups) == 13 and groups[0]["name"] == "conv1" and groups[0]["kind"] == "stem"
+    assert groups[-1]["name"] == "fc" and groups[-1]["prunable"] is False
