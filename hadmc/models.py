@@ -69,8 +69,9 @@ def _apply_cifar_stem(name: str, model: nn.Module) -> None:
 
     ResNets get the CIFAR stem (3x3 stride-1 first conv, max-pool dropped). Elsewhere the first
     convolution keeps its kernel but uses stride 1, and a max-pool that directly follows the stem
-    (ShuffleNet, the first one of VGG) becomes an identity. Layer names and the other tensor
-    shapes stay those of torchvision, so weights trained with the same stem load as usual.
+    (ShuffleNet, the first one of VGG) becomes an identity; VGG pools its features to 1x1, so its
+    first classifier layer takes 512 inputs. Layer names stay those of torchvision, so weights
+    trained with the same stem load as usual.
     """
     conv_name, conv = _first(model, nn.Conv2d)
     if name.startswith("resnet"):
@@ -81,6 +82,12 @@ def _apply_cifar_stem(name: str, model: nn.Module) -> None:
     if name.startswith(("resnet", "shufflenet", "vgg")):
         pool_name, _ = _first(model, nn.MaxPool2d)
         _replace(model, pool_name, nn.Identity())
+    if name.startswith("vgg"):
+        # VGG pools its features to 7x7 for 224 inputs; a small input leaves 2x2, which the
+        # ONNX exporter cannot pool to 7x7. The CIFAR VGG pools to 1x1 and feeds 512 features.
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        first_fc = model.classifier[0]
+        model.classifier[0] = nn.Linear(first_fc.in_features // 49, first_fc.out_features)
 
 
 def build_model(

@@ -188,3 +188,11 @@ def test_int8_and_fp16_groups_mix_in_one_artifact(trained_small, digits16, fp32_
     assert _initializer_types(out.onnx_bytes)["conv_a.weight"] == onnx.TensorProto.FLOAT16
     assert _weight_producers(out.onnx_bytes)["/conv_b/Conv"] == "DequantizeLinear"
     assert abs(out.accuracy - fp32_and_int8[0].accuracy) <= 0.03
+
+
+@pytest.mark.parametrize("arch", __import__("hadmc.models", fromlist=["ARCHITECTURES"]).ARCHITECTURES)
+def test_every_architecture_exports_at_32px_and_matches_pytorch(arch):
+    torch.manual_seed(0)
+    model = _cifar_stem(arch)
+    x = torch.randn(2, 3, 32, 32)
+    np.testing.assert_allclose(_run_onnx(export_onnx(model, x), x), model(x).detach().numpy(), rtol=1e-3, atol=1e-4)
