@@ -176,8 +176,7 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Depen
     except Exception as exc:  # Torch-Pruning raises many kinds for graphs it cannot follow
         raise ModelError(
             f"Torch-Pruning cannot trace this model ({type(exc).__name__}: {exc}); "
-            "it has a layer or reshape that structural pruning does not handle. "
-            "Use a plan with prune_ratio 0 for it, or another architecture."
+            "it has a layer or reshape that structural pruning does not handle."
         ) from exc
 
 
@@ -211,7 +210,12 @@ def layer_groups(model: nn.Module, example_inputs: torch.Tensor, *, min_channels
     head = output_layer(model, example_inputs)
     mods = dict(model.named_modules())
     layer_names = [n for n in order if isinstance(mods[n], (nn.Conv2d, nn.Linear))]
-    members_list = coupled_groups(model, example_inputs, ignored=[head])
+    try:
+        members_list = coupled_groups(model, example_inputs, ignored=[head])
+    except ModelError as exc:
+        # Precision and fusion still apply layer by layer; only pruning is off.
+        log.warning("%s Pruning is disabled for this model; every layer is its own unprunable group.", exc)
+        members_list = []
 
     covered = {n for members in members_list for n in members}
     # Layers no prunable group covers (the classifier, anything Torch-Pruning skipped) still

@@ -103,7 +103,10 @@ def prune(
     for g in groups:
         r = plan.decision_for(g.name).prune_ratio
         if r > 0 and not g.prunable:
-            raise PlanError(f"plan.groups.{g.name}.prune_ratio: group {g.name!r} ({g.kind}) cannot be pruned; set 0")
+            raise PlanError(
+                f"plan.groups.{g.name}.prune_ratio: group {g.name!r} ({g.kind}) cannot be pruned "
+                "(the classifier, or a layer Torch-Pruning cannot follow); set 0"
+            )
         if r > 0:
             ratios[mods[g.modules[0]]] = r
     if not ratios:
@@ -425,12 +428,20 @@ def resolve_plan(plan: CompressionPlan, groups: Sequence[LayerGroup]) -> Compres
     """Spell the plan out per group. The default prune ratio applies to prunable groups only
     (the classifier keeps its outputs); naming a non-prunable group with a ratio is an error."""
     resolved = plan.resolve([g.name for g in groups])
+    if plan.default.prune_ratio > 0 and not any(g.prunable for g in groups):
+        raise PlanError(
+            "plan.default.prune_ratio: this model has no prunable layer groups (Torch-Pruning cannot "
+            "trace it); set it to 0 and compress with precision and fusion only"
+        )
     fixed = {}
     for g in groups:
         d = resolved.groups[g.name]
         if not g.prunable and d.prune_ratio > 0:
             if g.name in plan.groups:
-                raise PlanError(f"plan.groups.{g.name}.prune_ratio: group {g.name!r} ({g.kind}) is never pruned; set 0")
+                raise PlanError(
+                    f"plan.groups.{g.name}.prune_ratio: group {g.name!r} ({g.kind}) cannot be pruned "
+                    "(the classifier, or a layer Torch-Pruning cannot follow); set 0"
+                )
             d = d.model_copy(update={"prune_ratio": 0.0})
         fixed[g.name] = d
     return resolved.model_copy(update={"groups": fixed})

@@ -97,3 +97,17 @@ def test_profiled_latency_shares_trace_fused_runtime_nodes_back_to_their_layers(
     shared = with_latency_shares(groups, node_ms, onnx_bytes)
     assert sum(g.latency_share for g in shared) == pytest.approx(1.0, abs=0.02)
     assert all(g.latency_share > 0.01 for g in shared[:-1])  # every conv group takes real time
+
+
+def test_a_model_torch_pruning_cannot_trace_keeps_precision_decisions_but_refuses_pruning():
+    from hadmc.errors import PlanError
+    from hadmc.pipeline import resolve_plan
+    from hadmc.plan import CompressionPlan
+
+    model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=10).eval()
+    groups = layer_groups(model, torch.randn(1, 3, 32, 32))
+    n_layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    assert len(groups) == n_layers and not any(g.prunable for g in groups)
+    assert resolve_plan(CompressionPlan.uniform(0.0, "int8"), groups).groups[groups[0].name].precision == "int8"
+    with pytest.raises(PlanError, match="no prunable layer groups"):
+        resolve_plan(CompressionPlan.uniform(0.5), groups)
