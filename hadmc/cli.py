@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -74,7 +75,7 @@ def load_plan(spec: str):
     raise PlanError(f"no plan file {spec!r}; pass a JSON plan path or one of the shipped plans: {', '.join(sorted(plans))}")
 
 
-def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_size: Optional[int], seed: int):
+def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_size: Optional[int]):
     from .data import load_data
     from .models import load_default_model, resolve_model
 
@@ -141,10 +142,10 @@ def groups(
     """List the model's layer groups (the names a plan's `groups` may use)."""
     from .groups import layer_groups
 
-    net, bundle = _load_model_and_data(model, data, weights, image_size, 0)
+    net, bundle = _load_model_and_data(model, data, weights, image_size)
     found = layer_groups(net, bundle.example_input())
     if as_json:
-        print(json.dumps([{k: v for k, v in g.__dict__.items()} for g in found], default=list, indent=1))
+        print(json.dumps([dataclasses.asdict(g) for g in found], indent=1))
         return
     table = Table("#", "group", "kind", "layers", "out ch", "MACs share", "prunable")
     for g in found:
@@ -171,7 +172,7 @@ def evaluate(
     from .evaluation import PlanEvaluator
 
     plans = [(p, load_plan(p)) for p in plan]
-    net, bundle = _load_model_and_data(model, data, weights, image_size, seed)
+    net, bundle = _load_model_and_data(model, data, weights, image_size)
     spec = hal.load_device_spec(device)
     probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
     energy_probe = None if energy == "none" else hal.get_energy_probe(energy, device=spec)

@@ -105,9 +105,12 @@ def model_features(groups: Sequence[LayerGroup]) -> np.ndarray:
     )
 
 
-def output_layer(model: nn.Module, example_inputs: torch.Tensor) -> str:
-    """Name of the Conv/Linear layer whose output is the model's output (never pruned)."""
-    order = execution_order(model, example_inputs)
+def output_layer(model: nn.Module, example_inputs: torch.Tensor, order: Sequence[str] | None = None) -> str:
+    """Name of the Conv/Linear layer whose output is the model's output (never pruned).
+
+    :param order: the model's `execution_order`, when the caller already has it
+    """
+    order = execution_order(model, example_inputs) if order is None else order
     mods = dict(model.named_modules())
     for name in reversed(order):
         if isinstance(mods[name], (nn.Linear, nn.Conv2d)):
@@ -207,7 +210,7 @@ def layer_groups(model: nn.Module, example_inputs: torch.Tensor, *, min_channels
     example_inputs = example_inputs[:1]
     order = execution_order(model, example_inputs)
     position = {n: i for i, n in enumerate(order)}
-    head = output_layer(model, example_inputs)
+    head = output_layer(model, example_inputs, order)
     mods = dict(model.named_modules())
     layer_names = [n for n in order if isinstance(mods[n], (nn.Conv2d, nn.Linear))]
     try:

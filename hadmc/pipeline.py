@@ -151,11 +151,10 @@ def trainable_parameters(model: nn.Module, scope: str, example_inputs: torch.Ten
         raise PlanError(f"unknown update scope {scope!r}; valid: {', '.join(SCOPE_FRACTION)}")
     if scope == "full":
         return [p for p in model.parameters() if p.requires_grad]
-    order = [n for n in execution_order(model, example_inputs[:1]) if any(True for _ in dict(model.named_modules())[n].parameters(recurse=False))]
-    keep = max(1, round(len(order) * SCOPE_FRACTION[scope]))
     mods = dict(model.named_modules())
-    chosen = order[-keep:] if scope != "head" else order[-1:]
-    return [p for n in chosen for p in mods[n].parameters(recurse=False)]
+    order = [n for n in execution_order(model, example_inputs[:1]) if any(True for _ in mods[n].parameters(recurse=False))]
+    keep = max(1, round(len(order) * SCOPE_FRACTION[scope]))  # "head" (0.0) keeps the last layer
+    return [p for n in order[-keep:] for p in mods[n].parameters(recurse=False)]
 
 
 def recover(
