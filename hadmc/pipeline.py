@@ -196,7 +196,7 @@ def recover(
 # -- 3. folding ---------------------------------------------------------------------------
 
 
-def _conv_bn_pairs(model: nn.Module, example_inputs: torch.Tensor) -> list[tuple[str, str]]:
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) module names where the BN consumes the conv's output and nothing else does."""
     import torch.fx as fx
 
@@ -233,7 +233,7 @@ def fold_batchnorm(model: nn.Module, plan: CompressionPlan, groups: Sequence[Lay
     owner = {m: g.name for g in groups for m in g.modules}
     model.eval()
     count = 0
-    for conv_name, bn_name in _conv_bn_pairs(model, example_inputs):
+    for conv_name, bn_name in _conv_bn_pairs(model):
         group = owner.get(conv_name)
         if group is None or plan.decision_for(group).fusion == "none":
             continue
