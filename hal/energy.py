@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hadmc.errors import ProbeError
+from hadmc.registry import Registry
 
 from .device import DeviceSpec, detect_local
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from .latency import LatencyResult
 
 log = logging.getLogger(__name__)
+
+#: Energy probe classes by name (``auto`` is resolved by ``get_energy_probe``, not registered).
+ENERGY_PROBES: Registry[type[EnergyProbe]] = Registry("energy probe", ProbeError)
 
 NVML_COUNTER_MODULUS = 2**64  # nvmlDeviceGetTotalEnergyConsumption is an unsigned long long
 
@@ -183,6 +187,7 @@ class EnergyProbe(abc.ABC):
             run_once()
 
 
+@ENERGY_PROBES.register("estimated")
 class EstimatedEnergyProbe(EnergyProbe):
     """Energy = latency x (idle_w + utilisation x (tdp_w - idle_w)) of the DeviceSpec.
 
@@ -254,6 +259,7 @@ def _import_pynvml():
     return pynvml
 
 
+@ENERGY_PROBES.register("nvml")
 class NvmlEnergyProbe(EnergyProbe):
     """NVIDIA GPU energy through NVML (nvidia-ml-py).
 
@@ -327,6 +333,7 @@ def rapl_package_domains(root: str | Path = POWERCAP_ROOT) -> list[Path]:
     return found
 
 
+@ENERGY_PROBES.register("rapl")
 class RaplEnergyProbe(EnergyProbe):
     """CPU package energy from the powercap RAPL counters (all packages summed). Covers the
     whole package, so other work on the machine during the window is counted too.
@@ -403,6 +410,7 @@ def jetson_rails(root: str | Path = JETSON_ROOT) -> dict[str, Callable[[], float
     return rails
 
 
+@ENERGY_PROBES.register("jetson")
 class JetsonEnergyProbe(EnergyProbe):
     """Jetson module energy from its INA3221 power monitors, sampled and integrated.
 
@@ -438,12 +446,6 @@ class JetsonEnergyProbe(EnergyProbe):
 
 # ---------------------------------------------------------------- registry
 
-ENERGY_PROBES: dict[str, type[EnergyProbe]] = {
-    "nvml": NvmlEnergyProbe,
-    "rapl": RaplEnergyProbe,
-    "jetson": JetsonEnergyProbe,
-    "estimated": EstimatedEnergyProbe,
-}
 #: measured probe to try first per device kind under "auto"
 _AUTO_ORDER = {"gpu": ["nvml"], "edge-gpu": ["jetson", "nvml"], "cpu": ["rapl"]}
 
@@ -463,7 +465,7 @@ def get_energy_probe(name: str = "auto", device: DeviceSpec | None = None, **set
         preferred = [device.energy] if device.energy in ("nvml", "rapl", "jetson") else []
         for candidate in dict.fromkeys(preferred + _AUTO_ORDER[device.kind]):
             try:
-                return ENERGY_PROBES[candidate](device=device, **settings)
+                return ENERGY_PROBES.get(candidate)(device=device, **settings)
             except ProbeError as exc:
                 reasons.append(f"{candidate}: {exc}")
         reason = "; ".join(reasons)
@@ -471,8 +473,8 @@ def get_energy_probe(name: str = "auto", device: DeviceSpec | None = None, **set
         est_settings = {k: v for k, v in settings.items() if k in ("window_s", "warmup_runs", "utilisation")}
         return EstimatedEnergyProbe(device=device, reason=reason, **est_settings)
     if name not in ENERGY_PROBES:
-        raise ProbeError(f"unknown energy probe {name!r}; valid: auto, {', '.join(sorted(ENERGY_PROBES))}")
+        raise ProbeError(f"{ENERGY_PROBES.unknown(name)}, or auto")
     try:
-        return ENERGY_PROBES[name](device=device, **settings)
+        return ENERGY_PROBES.get(name)(device=device, **settings)
     except TypeError as exc:
         raise ProbeError(f"invalid settings for energy probe {name!r}: {exc}") from exc

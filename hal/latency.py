@@ -13,7 +13,6 @@ Probes are registered by name; ``get_latency_probe("ort-cpu")`` is the default.
 from __future__ import annotations
 
 import abc
-import importlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hadmc.errors import ProbeError
+from hadmc.registry import Registry
 
 from .artifact import InputSpec, ModelLike, graph_inputs, model_bytes, random_feed, sha256_hex
 from .device import DeviceSpec, detect_local
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from .cache import MeasurementCache
 
 log = logging.getLogger(__name__)
+
+#: Latency probe classes by name. Optional backends (TensorRT, the remote client) are lazy
+#: ``"module:Class"`` targets, so they cost nothing until asked for.
+LATENCY_PROBES: Registry[type[LatencyProbe]] = Registry("latency probe", ProbeError)
 
 
 class LatencyResult(BaseModel):
@@ -399,6 +403,7 @@ class _OrtProbe(LatencyProbe):
         return {"onnxruntime": self._ort.__version__}
 
 
+@LATENCY_PROBES.register("ort-cpu")
 class OrtCpuProbe(_OrtProbe):
     """ONNX Runtime on the CPU (the default probe); one intra-op thread unless told."""
 
@@ -450,6 +455,7 @@ def node_times_from_profile(events: list[dict[str, Any]], skip_runs: int = 0) ->
     return {k: v / counted for k, v in totals.items()}
 
 
+@LATENCY_PROBES.register("ort-cuda")
 class OrtCudaProbe(_OrtProbe):
     """ONNX Runtime CUDA execution provider; inputs and outputs bound on the GPU (IO binding),
     so the timing is the device's, not the PCIe copies'."""
@@ -500,6 +506,7 @@ class OrtCudaProbe(_OrtProbe):
         return lambda: sess.run_with_iobinding(binding)
 
 
+@LATENCY_PROBES.register("ort-trt")
 class OrtTrtProbe(OrtCudaProbe):
     """ONNX Runtime's TensorRT execution provider, with engine and timing caches on disk so a
     repeated artifact does not rebuild its engine.
@@ -534,6 +541,7 @@ class OrtTrtProbe(OrtCudaProbe):
         return {**super().backend_settings(), "fp16": self.fp16}
 
 
+@LATENCY_PROBES.register("torch")
 class TorchEagerProbe(LatencyProbe):
     """PyTorch eager on the CPU, for reference against the exported runtimes. Takes an
     ``nn.Module`` (or a TorchScript file) instead of ONNX bytes; ``input_shape`` is required.
@@ -597,20 +605,26 @@ class TorchEagerProbe(LatencyProbe):
 
 # ---------------------------------------------------------------- registry
 
-#: name -> "module:Class" (imported on first use, so optional backends cost nothing until asked for)
-LATENCY_PROBES: dict[str, str] = {
-    "ort-cpu": "hadmc.hal.latency:OrtCpuProbe",
-    "ort-cuda": "hadmc.hal.latency:OrtCudaProbe",
-    "ort-trt": "hadmc.hal.latency:OrtTrtProbe",
-    "tensorrt": "hadmc.hal.tensorrt_probe:TensorRTProbe",
-    "torch": "hadmc.hal.latency:TorchEagerProbe",
-    "remote": "hadmc.hal.remote:RemoteProbe",
-}
+LATENCY_PROBES.add_lazy("tensorrt", "hadmc.hal.tensorrt_probe:TensorRTProbe")
+LATENCY_PROBES.add_lazy("remote", "hadmc.hal.remote:RemoteProbe")
 
 
-def register_latency_probe(name: str, target: str) -> None:
-    """Register a probe class under ``name`` (``target`` = ``"package.module:Class"``)."""
-    LATENCY_PROBES[name] = target
+def register_latency_probe(name: str, target: str | type[LatencyProbe]) -> None:
+    """Register a probe class under ``name``: the class itself, or ``"package.module:Class"``
+    imported on first use."""
+    if isinstance(target, str):
+        LATENCY_PROBES.add_lazy(name, target)
+    else:
+        LATENCY_PROBES.add(name, target)
+
+
+def remote_url(address: str) -> str:
+    """``http://host:port`` of a ``remote://host:port`` address; a malformed one is a ProbeError."""
+    rest = address[len("remote://") :] if address.startswith("remote://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+        raise ProbeError(f"remote probe address {address!r} must look like remote://HOST:PORT (PORT in 1..65535), e.g. remote://192.168.1.20:8765")
+    return f"http://{host}:{int(port)}"
 
 
 def get_latency_probe(name: str = "ort-cpu", **settings: Any) -> LatencyProbe:
@@ -621,14 +635,12 @@ def get_latency_probe(name: str = "ort-cpu", **settings: Any) -> LatencyProbe:
     :param settings: keyword settings of that probe (``threads``, ``min_iterations``, ``device``...)
     """
     if name.startswith("remote://"):
-        settings["url"] = "http://" + name[len("remote://") :]
+        settings["url"] = remote_url(name)
         name = "remote"
     if name not in LATENCY_PROBES:
-        raise ProbeError(f"unknown latency probe {name!r}; valid: {', '.join(sorted(LATENCY_PROBES))} or remote://host:port")
-    module, _, cls_name = LATENCY_PROBES[name].partition(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+        raise ProbeError(f"{LATENCY_PROBES.unknown(name)}, or remote://host:port")
+    cls = LATENCY_PROBES.get(name)
     try:
         return cls(**settings)
     except TypeError as exc:
         raise ProbeError(f"invalid settings for latency probe {name!r}: {exc}") from exc
-

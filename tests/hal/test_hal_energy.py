@@ -8,7 +8,7 @@ import pytest
 from hal_models import matmul_model
 
 from hadmc.errors import ProbeError
-from hadmc.hal import EstimatedEnergyProbe, get_energy_probe, get_latency_probe, load_device_spec
+from hadmc.hal import ENERGY_PROBES, EstimatedEnergyProbe, get_energy_probe, get_latency_probe, load_device_spec
 from hadmc.hal.energy import (
     NVML_COUNTER_MODULUS,
     JetsonEnergyProbe,
@@ -141,8 +141,9 @@ def test_auto_falls_back_to_estimate_with_reason_when_no_counter_exists():
 
 
 def test_unknown_energy_probe_lists_valid_ones():
-    with pytest.raises(ProbeError, match="rapl"):
+    with pytest.raises(ProbeError, match="unknown energy probe 'thermometer'; valid: estimated, jetson, nvml, rapl, or auto"):
         get_energy_probe("thermometer", load_device_spec("x86-cpu"))
+    assert ENERGY_PROBES.get("estimated") is EstimatedEnergyProbe
 
 
 @pytest.mark.gpu

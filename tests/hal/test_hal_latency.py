@@ -7,7 +7,8 @@ import torch
 from hal_models import export_tiny_cnn, matmul_model
 
 from hadmc.errors import ProbeError
-from hadmc.hal import LatencyResult, OrtCpuProbe, get_latency_probe, graph_inputs
+from hadmc.registry import Registry
+from hadmc.hal import LATENCY_PROBES, LatencyResult, OrtCpuProbe, get_latency_probe, graph_inputs, register_latency_probe
 from hadmc.hal.latency import latency_stats, node_times_from_profile, time_runs
 
 
@@ -132,7 +133,28 @@ def test_node_times_skip_warmup_runs_and_average_over_counted_runs():
 def test_unknown_probe_name_lists_valid_ones():
     with pytest.raises(ProbeError, match="ort-cpu") as info:
         get_latency_probe("ort-fpga")
-    assert "remote://host:port" in str(info.value)
+    assert "unknown latency probe 'ort-fpga'" in str(info.value)
+    assert "tensorrt" in str(info.value) and "remote://host:port" in str(info.value)
+
+
+def test_probes_live_in_the_shared_registry_and_optional_backends_are_lazy():
+    assert isinstance(LATENCY_PROBES, Registry)
+    assert LATENCY_PROBES.get("ort-cpu") is OrtCpuProbe
+    assert {"ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch", "remote"} <= set(LATENCY_PROBES.names())
+
+
+def test_a_registered_probe_class_is_built_by_name(fast_timing):
+    class EchoProbe(OrtCpuProbe):
+        pass
+
+    register_latency_probe("echo-test", EchoProbe)
+    assert isinstance(get_latency_probe("echo-test", **fast_timing), EchoProbe)
+
+
+@pytest.mark.parametrize("address", ["remote://", "remote://host", "remote://host:http", "remote://host:70000", "remote://:8765", "remote://h:1/x"])
+def test_malformed_remote_address_says_what_it_should_look_like(address):
+    with pytest.raises(ProbeError, match="remote://HOST:PORT"):
+        get_latency_probe(address)
 
 
 def test_missing_gpu_provider_says_which_extra_to_install():
