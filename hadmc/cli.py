@@ -175,7 +175,7 @@ def evaluate(
     net, bundle = _load_model_and_data(model, data, weights, image_size)
     spec = hal.load_device_spec(device)
     probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
-    energy_probe = None if energy == "none" else hal.get_energy_probe(energy, device=spec)
+    energy_probe = None if energy == "none" else probe.energy_probe(energy)
     evaluator = PlanEvaluator(net, bundle, device=spec, latency_probe=probe, energy_probe=energy_probe, seed=seed)
     with console.status("measuring the original model ...", spinner="dots") if not as_json else nullcontext():
         base = evaluator.baseline

@@ -93,8 +93,7 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Measure one ONNX model once, on this machine or a remote probe server."""
-    from hadmc.hal import MeasurementCache, get_energy_probe, get_latency_probe
-    from hadmc.hal.remote import RemoteProbe
+    from hadmc.hal import MeasurementCache, cached_probe, get_latency_probe, measure_latency_and_energy
 
     shape = _parse_shape(input_shape)
     try:
@@ -103,19 +102,13 @@ def measure(
         settings: dict[str, Any] = {"threads": threads, "min_iterations": min_iterations, "min_seconds": min_seconds}
         if target.startswith("remote://"):
             settings["token_file"] = token_file
-        elif energy:
-            settings["spinning"] = False  # spinning threads would burn power while idle
         probe = get_latency_probe(target, **settings)
-        store = MeasurementCache(cache, enabled=not no_cache) if cache else None
-        energy_result = None
-        if isinstance(probe, RemoteProbe):
-            latency = probe.measure(model, shape, cache=store) if not energy else None
-            if energy:
-                latency, energy_result = probe.measure_with_energy(model, shape, energy=True)
-        else:
-            latency = probe.measure(model, shape, cache=store)
-            if energy:
-                energy_result = get_energy_probe("auto", probe.device).measure(probe.prepare(model, shape), latency)
+        energy_probe = probe.energy_probe("auto") if energy else None
+        if cache:
+            store = MeasurementCache(cache, enabled=not no_cache)
+            probe, energy_probe = cached_probe(probe, store), energy_probe and cached_probe(energy_probe, store)
+        m = measure_latency_and_energy(probe, model, energy_probe, input_shape=shape)
+        latency, energy_result = m.latency, m.energy
     except HadmcError as exc:
         _fail(exc)
         return

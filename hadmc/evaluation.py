@@ -80,20 +80,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _lazy_runner(probe, onnx_bytes: bytes):
-    """One inference per call; the session opens on the first call only, so energy probes that
-    estimate from the latency result never pay for one."""
-    prepared = None
-
-    def run_once() -> None:
-        nonlocal prepared
-        if prepared is None:
-            prepared = probe.prepare(onnx_bytes)
-        prepared()
-
-    return run_once
-
-
 class PlanEvaluator:
     """Applies plans for real and measures them on the target through the HAL.
 
@@ -105,7 +91,8 @@ class PlanEvaluator:
     :param device: the target `DeviceSpec` (None = this machine, auto-detected)
     :param latency_probe: a `hadmc.hal.LatencyProbe` (None = the device's backend, default settings)
     :param energy_probe: a `hadmc.hal.EnergyProbe`, or None to skip energy
-    :param cache: a `hadmc.hal.MeasurementCache` so identical artifacts are measured once
+    :param cache: a `hadmc.hal.MeasurementCache` so identical artifacts are measured once (it
+        wraps both probes)
     :param pipeline: keyword arguments for `apply_plan` (importance, round_to, recovery_lr, ...)
     :param profile: attach measured per-group latency shares from the runtime's node profiler
     :param seed: seed of recovery fine-tuning
@@ -133,6 +120,10 @@ class PlanEvaluator:
         self.latency_probe = latency_probe if latency_probe is not None else hal.get_latency_probe(self.device.backend, device=self.device)
         self.energy_probe = energy_probe
         self.cache = cache
+        if cache is not None:
+            self.latency_probe = hal.cached_probe(self.latency_probe, cache)
+            if energy_probe is not None:
+                self.energy_probe = hal.cached_probe(energy_probe, cache)
         self.pipeline = dict(pipeline or {})
         self.seed = seed
         self.versions = _versions()
@@ -185,6 +176,7 @@ class PlanEvaluator:
 
     def _evaluate(self, plan, keep: bool = False):
         from .errors import HadmcError
+        from .hal import measure_latency_and_energy
         from .pipeline import apply_plan, resolve_plan
 
         t0 = time.perf_counter()
@@ -213,14 +205,11 @@ class PlanEvaluator:
                 seed=self.seed,
                 **self.pipeline,
             )
-            t = time.perf_counter()
-            lat = self.latency_probe.measure(compressed.onnx_bytes, cache=self.cache)
-            timings = dict(compressed.timings, measure_s=time.perf_counter() - t)
-            energy = None
-            if self.energy_probe is not None:
-                t = time.perf_counter()
-                energy = self.energy_probe.measure(_lazy_runner(self.latency_probe, compressed.onnx_bytes), lat)
-                timings["energy_s"] = time.perf_counter() - t
+            m = measure_latency_and_energy(self.latency_probe, compressed.onnx_bytes, self.energy_probe)
+            lat, energy = m.latency, m.energy
+            timings = dict(compressed.timings, measure_s=m.latency_s)
+            if energy is not None:
+                timings["energy_s"] = m.energy_s
             record.update(
                 accuracy=compressed.accuracy,
                 latency_ms=lat.median_ms,
@@ -279,7 +268,7 @@ def build_evaluator(config) -> PlanEvaluator:
     probe = hal.get_latency_probe(probe_name, **settings)
     energy = None
     if config.energy.probe:
-        energy = hal.get_energy_probe(config.energy.probe, device=device, window_s=config.energy.window_s)
+        energy = probe.energy_probe(config.energy.probe, window_s=config.energy.window_s)
     cache = None
     if config.use_cache:
         config.resolved_run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ when a probe that needs them is built.
 from __future__ import annotations
 
 from .artifact import InputSpec, graph_inputs, model_bytes, sha256_hex
-from .cache import CachedLatencyProbe, MeasurementCache, cached_probe
+from .cache import CachedEnergyProbe, CachedLatencyProbe, MeasurementCache, cached_probe
 from .device import FEATURE_DIM, DeviceSpec, detect_local, list_devices, load_device_spec
 from .energy import (
     ENERGY_PROBES,
@@ -31,7 +31,7 @@ from .latency import (
     get_latency_probe,
     register_latency_probe,
 )
-
+from .measure import Measurement, lazy_runner, measure_latency_and_energy
 
 
 def __getattr__(name: str):
@@ -40,7 +40,7 @@ def __getattr__(name: str):
         from .tensorrt_probe import TensorRTProbe
 
         return TensorRTProbe
-    if name in ("RemoteProbe", "create_app", "serve"):
+    if name in ("RemoteProbe", "RemoteEnergyProbe", "create_app", "serve"):
         from . import remote
 
         return getattr(remote, name)
@@ -61,6 +61,7 @@ __all__ = [
     "TorchEagerProbe",
     "TensorRTProbe",
     "RemoteProbe",
+    "RemoteEnergyProbe",
     "RuntimeSession",
     "LATENCY_PROBES",
     "get_latency_probe",
@@ -75,7 +76,11 @@ __all__ = [
     "get_energy_probe",
     "MeasurementCache",
     "CachedLatencyProbe",
+    "CachedEnergyProbe",
     "cached_probe",
+    "Measurement",
+    "lazy_runner",
+    "measure_latency_and_energy",
     "InputSpec",
     "graph_inputs",
     "model_bytes",

@@ -1,6 +1,8 @@
 """Measurement cache: an identical artifact on the same device with the same probe settings
 is measured once per run database.
 
+The cache wraps a probe (``cached_probe(probe, cache)``); probes themselves know nothing of it.
+
 Keyed by (SHA-256 of the ONNX bytes, device id, canonical JSON of the probe settings) in one
 SQLite table, ``hal_measurements``, of the run database (other tables there belong to the
 store). A hit comes back with provenance ``cached``; the original measurement's provenance
@@ -20,9 +22,9 @@ from typing import Any
 
 from hadmc.errors import ProbeError
 
-from .artifact import ModelLike
-from .energy import EnergyResult
-from .latency import LatencyProbe, LatencyResult
+from .energy import EnergyProbe, EstimatedEnergyProbe
+from .latency import LatencyProbe
+from .results import EnergyResult, LatencyResult
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +144,54 @@ class CachedLatencyProbe:
         self.probe = probe
         self.cache = cache
 
-    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
-        return self.probe.measure(model, input_shape, cache=self.cache)
+    def measure(self, model: Any, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
+        """The cached figure of an identical artifact, device and settings (provenance
+        ``cached``), else a new measurement, stored."""
+        key = self.probe.cache_key(model, input_shape)
+        if key is None:
+            return self.probe.measure(model, input_shape)
+        digest, settings = key
+        hit = self.cache.get_latency(digest, self.probe.device_id, settings)
+        if hit is not None:
+            return hit
+        result = self.probe.measure(model, input_shape)
+        self.cache.put_latency(digest, self.probe.device_id, settings, result)
+        return result
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.probe, name)
 
 
-def cached_probe(probe: LatencyProbe, cache: MeasurementCache | str | Path) -> CachedLatencyProbe:
-    """Wrap ``probe`` so identical artifacts are measured once (``cache`` may be a DB path)."""
+class CachedEnergyProbe:
+    """An energy probe whose measured figures are reused for an identical artifact (by the
+    SHA-256 its latency result carries), device and settings. Estimates are not cached: they
+    are cheap and follow the latency figure they are computed from."""
+
+    def __init__(self, probe: EnergyProbe, cache: MeasurementCache):
+        self.probe = probe
+        self.cache = cache
+
+    def measure(self, run_once: Any, latency: LatencyResult | None = None) -> EnergyResult:
+        if latency is None or not latency.onnx_sha256 or isinstance(self.probe, EstimatedEnergyProbe):
+            return self.probe.measure(run_once, latency)
+        settings = {**self.probe.settings(), "latency_settings": latency.settings}
+        device_id = self.probe.device.id
+        hit = self.cache.get_energy(latency.onnx_sha256, device_id, settings)
+        if hit is not None:
+            return hit
+        result = self.probe.measure(run_once, latency)
+        self.cache.put_energy(latency.onnx_sha256, device_id, settings, result)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.probe, name)
+
+
+def cached_probe(probe: LatencyProbe | EnergyProbe, cache: MeasurementCache | str | Path) -> CachedLatencyProbe | CachedEnergyProbe:
+    """Wrap a latency or energy probe so identical artifacts are measured once (``cache`` may
+    be a DB path)."""
     if not isinstance(cache, MeasurementCache):
         cache = MeasurementCache(cache)
+    if isinstance(probe, EnergyProbe):
+        return CachedEnergyProbe(probe, cache)
     return CachedLatencyProbe(probe, cache)

@@ -22,18 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from hadmc.errors import ProbeError
 from hadmc.registry import Registry
 
 from .device import DeviceSpec, detect_local
+from .results import EnergyResult, LatencyResult
 
-if TYPE_CHECKING:
-    from .latency import LatencyResult
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +39,6 @@ log = logging.getLogger(__name__)
 ENERGY_PROBES: Registry[type[EnergyProbe]] = Registry("energy probe", ProbeError)
 
 NVML_COUNTER_MODULUS = 2**64  # nvmlDeviceGetTotalEnergyConsumption is an unsigned long long
-
-
-class EnergyResult(BaseModel):
-    """Energy per inference and how it was obtained."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mj_per_inference: float = Field(ge=0)
-    provenance: Literal["measured", "estimated", "cached"]
-    method: str = Field(description="nvml-counter, nvml-power, rapl, jetson-ina, estimated-tdp")
-    window_s: float = 0.0
-    iterations: int = 0
-    avg_power_w: float | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- pure helpers

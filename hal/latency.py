@@ -15,55 +15,29 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from hadmc.errors import ProbeError
 from hadmc.registry import Registry
 
 from .artifact import InputSpec, ModelLike, graph_inputs, model_bytes, random_feed, sha256_hex
 from .device import DeviceSpec, detect_local
-
-if TYPE_CHECKING:
-    from .cache import MeasurementCache
+from .energy import EnergyProbe, get_energy_probe
+from .results import LatencyResult
 
 log = logging.getLogger(__name__)
 
 #: Latency probe classes by name. Optional backends (TensorRT, the remote client) are lazy
 #: ``"module:Class"`` targets, so they cost nothing until asked for.
 LATENCY_PROBES: Registry[type[LatencyProbe]] = Registry("latency probe", ProbeError)
-
-
-class LatencyResult(BaseModel):
-    """Latency of one artifact on one device, with the raw samples behind the summary."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    cov: float = Field(description="std / mean of the timed samples")
-    iterations: int
-    threads: int | None
-    batch: int
-    input_shape: list[int]
-    backend: str
-    device_id: str
-    provenance: Literal["measured", "cached"] = "measured"
-    samples_ms: list[float] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(default_factory=dict)
-    onnx_sha256: str = ""
-    wall_s: float = Field(0.0, description="seconds the whole measurement took (session, warm-up, timing)")
-    meta: dict[str, Any] = Field(default_factory=dict, description="clocks, temperature, versions where known")
 
 
 def latency_stats(samples_ms: list[float] | np.ndarray) -> dict[str, float]:
@@ -181,9 +155,10 @@ class LatencyProbe(abc.ABC):
         max_seconds: float = 60.0,
         seed: int = 0,
     ):
-        if warmup_runs < 0 or min_iterations < 1 or warmup_s < 0 or min_seconds < 0 or max_seconds <= 0:
+        finite = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (warmup_runs, warmup_s, min_iterations, min_seconds, max_seconds))
+        if not finite or warmup_runs < 0 or min_iterations < 1 or warmup_s < 0 or min_seconds < 0 or max_seconds <= 0:
             raise ProbeError(
-                "timing settings must be non-negative (min_iterations >= 1, max_seconds > 0); got "
+                "timing settings must be finite numbers, non-negative (min_iterations >= 1, max_seconds > 0); got "
                 f"warmup_runs={warmup_runs} warmup_s={warmup_s} min_iterations={min_iterations} "
                 f"min_seconds={min_seconds} max_seconds={max_seconds}"
             )
@@ -257,30 +232,33 @@ class LatencyProbe(abc.ABC):
         run = self._runner(data, graph_inputs(data, input_shape))
         return lambda: None if run() is None else None
 
-    def measure(
-        self,
-        model: ModelLike,
-        input_shape: tuple[int, ...] | None = None,
-        cache: MeasurementCache | None = None,
-    ) -> LatencyResult:
-        """Latency of ``model`` (ONNX bytes or path) per the methodology above.
+    def energy_probe(self, name: str = "auto", **settings: Any) -> EnergyProbe:
+        """The energy probe that measures where this probe measures latency (``auto`` picks a
+        counter of this probe's device or falls back to the labelled estimate)."""
+        return get_energy_probe(name, self.device, **settings)
+
+    def result_settings(self, inputs: list[InputSpec]) -> dict[str, Any]:
+        """The settings recorded with (and keying the cache of) a measurement of these inputs."""
+        return {**self.settings(), "input_shape": list(inputs[0].shape)}
+
+    def cache_key(self, model: Any, input_shape: tuple[int, ...] | None = None) -> tuple[str, dict[str, Any]] | None:
+        """(SHA-256 of the artifact, settings) that identify a measurement of ``model``, or
+        None where the model is not an ONNX artifact and cannot be keyed."""
+        data = model_bytes(model)
+        return sha256_hex(data), self.result_settings(graph_inputs(data, input_shape))
+
+    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
+        """Latency of ``model`` (ONNX bytes or path) per the methodology above. To reuse the
+        figure of an identical earlier measurement, wrap the probe: ``cached_probe(probe, cache)``.
 
         :param model: serialized ONNX model or a path to one
         :param input_shape: shape of the first input; read from the graph (symbolic dims -> 1) if None
-        :param cache: a MeasurementCache; an identical artifact + device + settings is then
-            returned from it (provenance ``cached``) instead of being measured again
         """
         data = model_bytes(model)
         inputs = graph_inputs(data, input_shape)
-        digest = sha256_hex(data)
-        settings = {**self.settings(), "input_shape": list(inputs[0].shape)}
-        if cache is not None:
-            hit = cache.get_latency(digest, self.device_id, settings)
-            if hit is not None:
-                return hit
         t0 = time.perf_counter()
         samples = time_runs(self._runner(data, inputs), **self.timing_settings(), self_timed=self.self_timed)
-        result = LatencyResult(
+        return LatencyResult(
             **latency_stats(samples),
             threads=self.threads,
             batch=int(inputs[0].shape[0]) if inputs[0].shape else 1,
@@ -289,14 +267,11 @@ class LatencyProbe(abc.ABC):
             device_id=self.device_id,
             provenance="measured",
             samples_ms=[round(s, 6) for s in samples],
-            settings=settings,
-            onnx_sha256=digest,
+            settings=self.result_settings(inputs),
+            onnx_sha256=sha256_hex(data),
             wall_s=time.perf_counter() - t0,
             meta=self._meta(),
         )
-        if cache is not None:
-            cache.put_latency(digest, self.device_id, settings, result)
-        return result
 
 
 # ---------------------------------------------------------------- ONNX Runtime backends
@@ -314,8 +289,8 @@ class _OrtProbe(LatencyProbe):
     """Shared ONNX Runtime session set-up.
 
     :param threads: intra-op threads (fixed, so figures compare); inter-op is 1, sequential
-    :param spinning: let idle ORT worker threads spin; turned off when energy is measured,
-        since spinning burns power without doing work
+    :param spinning: let idle ORT worker threads spin while latency is timed; the session
+        ``prepare`` opens for an energy window never spins (it burns power without doing work)
     :param graph_optimization: ``all``, ``extended``, ``basic`` or ``disabled``
     """
 
@@ -362,6 +337,13 @@ class _OrtProbe(LatencyProbe):
             "onnxruntime": self._ort.__version__,
             "providers": [p if isinstance(p, str) else p[0] for p in self._provider_list()],
         }
+
+    def prepare(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Callable[[], None]:
+        spinning, self.spinning = self.spinning, False
+        try:
+            return super().prepare(model, input_shape)
+        finally:
+            self.spinning = spinning
 
     def session_options(self):
         ort = self._ort
@@ -570,7 +552,10 @@ class TorchEagerProbe(LatencyProbe):
     def _open(self, data: bytes, inputs: list[InputSpec]) -> RuntimeSession:
         raise ProbeError("the torch probe measures nn.Module objects; pass the module to measure(), not ONNX bytes")
 
-    def measure(self, model: Any, input_shape: tuple[int, ...] | None = None, cache: MeasurementCache | None = None) -> LatencyResult:
+    def cache_key(self, model: Any, input_shape: tuple[int, ...] | None = None) -> None:
+        return None  # an nn.Module has no artifact hash; eager figures are never cached
+
+    def measure(self, model: Any, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
         import torch
 
         if input_shape is None:

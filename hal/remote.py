@@ -40,8 +40,9 @@ from hadmc.errors import ConfigError, ProbeError
 
 from .artifact import InputSpec, ModelLike, graph_inputs, model_bytes, sha256_hex
 from .device import DeviceSpec, load_device_spec
-from .energy import EnergyResult
+from .energy import EnergyProbe, EnergyResult
 from .latency import LatencyProbe, LatencyResult, RuntimeSession, get_latency_probe
+from .measure import lazy_runner, measure_latency_and_energy
 
 log = logging.getLogger(__name__)
 
@@ -341,25 +342,16 @@ def create_app(
     def measure_sync(data: bytes, params: dict[str, Any]) -> dict[str, Any]:
         energy = bool(params.pop("energy", False))
         shape = params.pop("input_shape", None)
-        probe = get_latency_probe(
-            backend,
-            device=spec,
-            spinning=not energy,
-            max_seconds=max(1.0, 0.8 * timeout_s),
-            **params,
-        )
+        probe = get_latency_probe(backend, device=spec, max_seconds=max(1.0, 0.8 * timeout_s), **params)
         before = device_state()
-        latency = probe.measure(data, input_shape=shape)
-        energy_result = None
-        if energy:
-            from .energy import get_energy_probe
+        m = measure_latency_and_energy(probe, data, probe.energy_probe("auto") if energy else None, input_shape=shape)
+        m.latency.meta.update({"state_before": before, "state_after": device_state(), "versions": versions()})
+        return {"latency": m.latency.model_dump(), "energy": m.energy.model_dump() if m.energy else None}
 
-            energy_result = get_energy_probe("auto", spec).measure(probe.prepare(data, shape), latency)
-        latency.meta.update({"state_before": before, "state_after": device_state(), "versions": versions()})
-        return {
-            "latency": latency.model_dump(),
-            "energy": energy_result.model_dump() if energy_result else None,
-        }
+    def energy_sync(data: bytes, latency: LatencyResult, name: str, window_s: float | None) -> dict[str, Any]:
+        probe = get_latency_probe(backend, device=spec, threads=latency.threads or 1)
+        energy_probe = probe.energy_probe(name, **({"window_s": window_s} if window_s else {}))
+        return energy_probe.measure(lazy_runner(probe, data, tuple(latency.input_shape)), latency).model_dump()
 
     def parse_params(request: Request) -> dict[str, Any]:
         q = request.query_params
@@ -368,6 +360,7 @@ def create_app(
             for key, cast in (("threads", int), ("warmup_runs", int), ("min_iterations", int), ("warmup_s", float), ("min_seconds", float)):
                 if key in q:
                     params[key] = cast(q[key])
+
             if "input_shape" in q and q["input_shape"]:
                 params["input_shape"] = tuple(int(s) for s in q["input_shape"].split(","))
         except ValueError as exc:
@@ -440,6 +433,16 @@ def create_app(
     async def measure_stored(sha: str, request: Request) -> dict[str, Any]:
         params = parse_params(request)
         return await exclusive(measure_sync, stored(sha), params)
+
+    @app.post("/energy/{sha}", dependencies=auth)
+    async def energy(sha: str, request: Request) -> dict[str, Any]:
+        data = stored(sha)
+        try:
+            latency = LatencyResult.model_validate_json(await read_body(request))
+            window_s = float(request.query_params["window_s"]) if "window_s" in request.query_params else None
+        except ValueError as exc:
+            raise HTTPException(400, f"body must be the latency result of this model: {exc}") from exc
+        return await exclusive(energy_sync, data, latency, request.query_params.get("probe", "auto"), window_s)
 
     @app.post("/infer/{sha}", dependencies=auth)
     async def infer(sha: str, request: Request) -> Response:
@@ -588,41 +591,42 @@ class RemoteProbe(LatencyProbe):
         return sha
 
     # -- probe API ----------------------------------------------------------------------
-    def measure_with_energy(
-        self, model: ModelLike, input_shape: tuple[int, ...] | None = None, energy: bool = True, base_sha256: str | None = None
-    ) -> tuple[LatencyResult, EnergyResult | None]:
-        """Latency and (when ``energy``) the server's energy figure in one round-trip."""
+    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None, base_sha256: str | None = None) -> LatencyResult:
+        """Latency measured on the device (the server's backend and methodology).
+
+        :param base_sha256: a model the server already holds; only changed blocks are sent
+        """
         data = model_bytes(model)
         inputs = graph_inputs(data, input_shape)
         sha = self.upload(data, base_sha256)
-        params: dict[str, Any] = {**self.timing_settings(), "threads": self._threads, "energy": str(energy).lower()}
+        params: dict[str, Any] = {**self.timing_settings(), "threads": self._threads}
         params.pop("max_seconds")
         params["input_shape"] = ",".join(str(s) for s in inputs[0].shape)
         t0 = time.perf_counter()
         payload = self._ok(self._request("POST", f"/measure/{sha}", params=params), "measurement").json()
         latency = LatencyResult.model_validate(payload["latency"])
-        latency = latency.model_copy(
+        return latency.model_copy(
             update={
                 "backend": f"remote:{latency.backend}",
-                "settings": {**self.settings(), "input_shape": list(inputs[0].shape)},
+                "settings": self.result_settings(inputs),
                 "wall_s": time.perf_counter() - t0,
                 "meta": {**latency.meta, "url": self.url, "remote_settings": latency.settings},
             }
         )
-        energy_result = EnergyResult.model_validate(payload["energy"]) if payload.get("energy") else None
-        return latency, energy_result
 
-    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None, cache=None) -> LatencyResult:
-        data = model_bytes(model)
-        if cache is not None:
-            settings = {**self.settings(), "input_shape": list(graph_inputs(data, input_shape)[0].shape)}
-            hit = cache.get_latency(sha256_hex(data), self.device_id, settings)
-            if hit is not None:
-                return hit
-        result, _ = self.measure_with_energy(data, input_shape, energy=False)
-        if cache is not None:
-            cache.put_latency(result.onnx_sha256, self.device_id, result.settings, result)
-        return result
+    def energy_probe(self, name: str = "auto", **settings: Any) -> EnergyProbe:
+        """Energy measured on the device by its own probe (``auto``: a counter there, else the
+        labelled estimate), never from round trips over the network."""
+        return RemoteEnergyProbe(self, name, **settings)
+
+    def measure_energy(self, latency: LatencyResult, name: str = "auto", window_s: float | None = None) -> EnergyResult:
+        """Energy per inference of the artifact ``latency`` was measured on, on the device."""
+        params: dict[str, Any] = {"probe": name}
+        if window_s is not None:
+            params["window_s"] = window_s
+        remote = latency.model_copy(update={"backend": latency.backend.removeprefix("remote:"), "settings": latency.meta.get("remote_settings", {})})
+        resp = self._request("POST", f"/energy/{latency.onnx_sha256}", params=params, content=remote.model_dump_json())
+        return EnergyResult.model_validate(self._ok(resp, "energy measurement").json())
 
     def _open(self, data: bytes, inputs: list[InputSpec]) -> RuntimeSession:
         sha = self.upload(data)
@@ -640,3 +644,28 @@ class RemoteProbe(LatencyProbe):
 
     def close(self) -> None:
         self._client.close()
+
+
+class RemoteEnergyProbe(EnergyProbe):
+    """Energy per inference measured by the probe server on its device.
+
+    :param remote: the RemoteProbe that measured the latency
+    :param name: energy probe on the device (``auto``, ``rapl``, ``nvml``, ``jetson``, ``estimated``)
+    :param window_s: measured window on the device (its default when None)
+    """
+
+    name = "remote"
+
+    def __init__(self, remote: RemoteProbe, name: str = "auto", window_s: float | None = None):
+        super().__init__(remote.device, window_s=window_s or 2.0)
+        self.remote = remote
+        self.device_probe = name
+        self._window_s = window_s
+
+    def settings(self) -> dict[str, Any]:
+        return {"energy": f"remote:{self.device_probe}", "window_s": self._window_s, "url": self.remote.url}
+
+    def measure(self, run_once: Any = None, latency: LatencyResult | None = None) -> EnergyResult:
+        if latency is None or not latency.onnx_sha256:
+            raise ProbeError("remote energy needs the latency result of the artifact measured on the device")
+        return self.remote.measure_energy(latency, self.device_probe, self._window_s)

@@ -66,6 +66,21 @@ def _start_server(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
     raise RuntimeError("probe server did not start")
 
 
+class _CountingProbe:
+    """Counts the measurements that reach the real probe (each opens a session and runs the model)."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.calls = 0
+
+    def measure(self, *args, **kwargs):
+        self.calls += 1
+        return self.probe.measure(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.probe, name)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON only")
@@ -73,7 +88,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from hadmc.hal import MeasurementCache, get_energy_probe, get_latency_probe
+    from hadmc.hal import MeasurementCache, cached_probe, get_latency_probe, measure_latency_and_energy
 
     load_before = os.getloadavg()
     data = _resnet18_onnx()
@@ -103,27 +118,18 @@ def main() -> int:
 
     # 3. cache: the second request for the same artifact is answered without running the model
     with tempfile.TemporaryDirectory(prefix="hadmc-bench-cache-") as tmp:
-        cache = MeasurementCache(Path(tmp) / "hadmc.db")
-        sessions_opened = 0
-        original_runner = probe._runner
-
-        def counting_runner(*a, **kw):
-            nonlocal sessions_opened
-            sessions_opened += 1
-            return original_runner(*a, **kw)
-
-        probe._runner = counting_runner
+        counting = _CountingProbe(probe)
+        cached = cached_probe(counting, MeasurementCache(Path(tmp) / "hadmc.db"))
         t0 = time.perf_counter()
-        first = probe.measure(data, cache=cache)
+        first = cached.measure(data)
         t_first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        second = probe.measure(data, cache=cache)
+        second = cached.measure(data)
         t_hit = time.perf_counter() - t0
-        del probe._runner
+        sessions_opened = counting.calls
 
-    # 4. energy per inference with its provenance
-    energy_probe = get_energy_probe("auto", probe.device)
-    energy = energy_probe.measure(get_latency_probe("ort-cpu", threads=args.threads, spinning=False).prepare(data), local[0])
+    # 4. latency, then energy per inference with its provenance
+    energy = measure_latency_and_energy(probe, data, probe.energy_probe("auto")).energy
 
     result = {
         "model": "torchvision resnet18 (random weights), 1x3x224x224 fp32 ONNX",

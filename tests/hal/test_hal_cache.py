@@ -6,7 +6,7 @@ import time
 import pytest
 from hal_models import matmul_model
 
-from hadmc.hal import EnergyResult, MeasurementCache, cached_probe, get_latency_probe
+from hadmc.hal import EnergyProbe, EnergyResult, EstimatedEnergyProbe, MeasurementCache, cached_probe, get_latency_probe, measure_latency_and_energy
 from hadmc.hal.cache import TABLE
 
 
@@ -29,12 +29,12 @@ def test_cache_hit_returns_cached_result_without_remeasuring(tmp_path, tiny_cnn_
 def test_cache_key_separates_artifacts_devices_and_settings(tmp_path, fast_timing):
     cache = MeasurementCache(tmp_path / "run.db")
     a, b = matmul_model(8, seed=0), matmul_model(8, seed=1)
-    p1 = get_latency_probe("ort-cpu", **fast_timing)
-    r_a = p1.measure(a, cache=cache)
-    assert p1.measure(b, cache=cache).provenance == "measured"
-    assert p1.measure(a, input_shape=(4, 8), cache=cache).provenance == "measured"
-    p2 = get_latency_probe("ort-cpu", threads=2, **fast_timing)
-    assert p2.measure(a, cache=cache).provenance == "measured"
+    p1 = cached_probe(get_latency_probe("ort-cpu", **fast_timing), cache)
+    r_a = p1.measure(a)
+    assert p1.measure(b).provenance == "measured"
+    assert p1.measure(a, input_shape=(4, 8)).provenance == "measured"
+    p2 = cached_probe(get_latency_probe("ort-cpu", threads=2, **fast_timing), cache)
+    assert p2.measure(a).provenance == "measured"
     assert cache.get(r_a.onnx_sha256, "some-other-device", r_a.settings) is None
     assert cache.get(r_a.onnx_sha256, r_a.device_id, r_a.settings).provenance == "cached"
     assert len(cache) == 4
@@ -42,10 +42,10 @@ def test_cache_key_separates_artifacts_devices_and_settings(tmp_path, fast_timin
 
 def test_disabled_cache_never_hits(tmp_path, fast_timing):
     cache = MeasurementCache(tmp_path / "run.db", enabled=False)
-    probe = get_latency_probe("ort-cpu", **fast_timing)
+    probe = cached_probe(get_latency_probe("ort-cpu", **fast_timing), cache)
     data = matmul_model()
-    assert probe.measure(data, cache=cache).provenance == "measured"
-    assert probe.measure(data, cache=cache).provenance == "measured"
+    assert probe.measure(data).provenance == "measured"
+    assert probe.measure(data).provenance == "measured"
 
 
 def test_cache_persists_across_instances_and_owns_only_hal_tables(tmp_path, fast_timing):
@@ -53,8 +53,8 @@ def test_cache_persists_across_instances_and_owns_only_hal_tables(tmp_path, fast
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE evaluations (id INTEGER PRIMARY KEY)")
     data = matmul_model()
-    get_latency_probe("ort-cpu", **fast_timing).measure(data, cache=MeasurementCache(db))
-    again = get_latency_probe("ort-cpu", **fast_timing).measure(data, cache=MeasurementCache(db))
+    cached_probe(get_latency_probe("ort-cpu", **fast_timing), MeasurementCache(db)).measure(data)
+    again = cached_probe(get_latency_probe("ort-cpu", **fast_timing), db).measure(data)
     assert again.provenance == "cached"
     with sqlite3.connect(db) as con:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -69,3 +69,36 @@ def test_energy_results_round_trip_with_cached_provenance(tmp_path):
     hit = cache.get_energy("ab" * 32, "dev", {"energy": "estimated"})
     assert hit.provenance == "cached" and hit.detail["cached_from"] == "estimated"
     assert hit.mj_per_inference == pytest.approx(1.5)
+
+
+def test_measured_energy_is_cached_by_artifact_and_estimates_are_not(tmp_path, fast_timing):
+    class CountingEnergy(EnergyProbe):
+        name = "counting"
+        calls = 0
+
+        def measure(self, run_once, latency=None):
+            CountingEnergy.calls += 1
+            return EnergyResult(mj_per_inference=2.0, provenance="measured", method="test")
+
+    cache = MeasurementCache(tmp_path / "run.db")
+    latency = cached_probe(get_latency_probe("ort-cpu", **fast_timing), cache)
+    spec = latency.device
+    data = matmul_model()
+    first = measure_latency_and_energy(latency, data, cached_probe(CountingEnergy(spec), cache))
+    again = measure_latency_and_energy(latency, data, cached_probe(CountingEnergy(spec), cache))
+    assert CountingEnergy.calls == 1
+    assert first.energy.provenance == "measured" and again.energy.provenance == "cached"
+    assert again.latency.provenance == "cached"
+    estimate = cached_probe(EstimatedEnergyProbe(spec), cache)
+    assert measure_latency_and_energy(latency, data, estimate).energy.provenance == "estimated"
+    assert measure_latency_and_energy(latency, data, estimate).energy.provenance == "estimated"
+
+
+def test_probes_know_nothing_of_the_cache():
+    import inspect
+
+    from hadmc.hal import LatencyProbe, OrtCpuProbe, TorchEagerProbe
+    from hadmc.hal.remote import RemoteProbe
+
+    for cls in (LatencyProbe, OrtCpuProbe, TorchEagerProbe, RemoteProbe):
+        assert "cache" not in inspect.signature(cls.measure).parameters

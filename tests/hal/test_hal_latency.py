@@ -97,6 +97,15 @@ def test_session_runs_fixed_batch_one_graph_sample_by_sample():
     np.testing.assert_allclose(sess.run(x.numpy()), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_energy_session_never_spins_even_when_latency_timing_does(monkeypatch):
+    probe = get_latency_probe("ort-cpu")
+    seen = []
+    real = probe._inference_session
+    monkeypatch.setattr(probe, "_inference_session", lambda data, so=None: seen.append(probe.session_options().get_session_config_entry("session.intra_op.allow_spinning")) or real(data, so))
+    probe.prepare(matmul_model())()
+    assert seen == ["0"] and probe.spinning is True
+
+
 def test_session_options_fix_threads_and_turn_spinning_off_when_asked():
     probe = get_latency_probe("ort-cpu", threads=2, spinning=False)
     so = probe.session_options()

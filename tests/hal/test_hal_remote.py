@@ -18,8 +18,8 @@ from hal_models import export_tiny_cnn, matmul_model
 from onnx import TensorProto, helper
 
 from hadmc.errors import ConfigError, ProbeError
-from hadmc.hal import get_latency_probe, sha256_hex
-from hadmc.hal.remote import RemoteProbe, apply_delta, create_app, initializer_manifest, make_delta, serve
+from hadmc.hal import get_latency_probe, measure_latency_and_energy, sha256_hex
+from hadmc.hal.remote import RemoteEnergyProbe, RemoteProbe, apply_delta, create_app, initializer_manifest, make_delta, serve
 
 TOKEN = "test-token-0123456789abcdef"
 TIMING = {"warmup_runs": 10, "warmup_s": 0.05, "min_iterations": 20, "min_seconds": 0.1}
@@ -83,7 +83,10 @@ def test_remote_measurement_round_trip_matches_local_methodology(server, tiny_cn
 
 def test_remote_energy_is_labelled_estimated_without_counters(server):
     probe = RemoteProbe(server["url"], token_file=server["token_file"], **TIMING)
-    latency, energy = probe.measure_with_energy(matmul_model(), energy=True)
+    energy_probe = probe.energy_probe()
+    assert isinstance(energy_probe, RemoteEnergyProbe)  # measured on the device, not over the network
+    m = measure_latency_and_energy(probe, matmul_model(), energy_probe)
+    latency, energy = m.latency, m.energy
     assert latency.median_ms > 0
     assert energy is not None and energy.provenance in ("estimated", "measured")
     if not os.path.exists("/sys/class/powercap/intel-rapl:0"):

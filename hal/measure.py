@@ -1,0 +1,72 @@
+"""Measure an artifact: latency, then energy, in one call.
+
+Every caller that wants both figures (the evaluator, ``hadmc probe measure``, the probe
+server, the benchmarks) calls ``measure_latency_and_energy``, so the order, the lazily opened
+energy session and the timing of each part are written once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .energy import EnergyProbe
+from .latency import LatencyProbe
+from .results import EnergyResult, LatencyResult
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one call measured.
+
+    :param latency: the latency result (``measured`` or ``cached``)
+    :param energy: energy per inference, or None when no energy probe was given
+    :param latency_s: seconds spent on latency (zero-ish for a cache hit)
+    :param energy_s: seconds spent on energy
+    """
+
+    latency: LatencyResult
+    energy: EnergyResult | None = None
+    latency_s: float = 0.0
+    energy_s: float = 0.0
+
+
+def lazy_runner(probe: LatencyProbe, model: Any, input_shape: tuple[int, ...] | None = None) -> Callable[[], None]:
+    """One inference of ``model`` per call; the session opens on the first call only, so an
+    energy probe that estimates from the latency result never pays for one."""
+    prepared: Callable[[], None] | None = None
+
+    def run_once() -> None:
+        nonlocal prepared
+        if prepared is None:
+            prepared = probe.prepare(model, input_shape)
+        prepared()
+
+    return run_once
+
+
+def measure_latency_and_energy(
+    latency_probe: LatencyProbe,
+    model: Any,
+    energy_probe: EnergyProbe | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+) -> Measurement:
+    """Latency of ``model`` on ``latency_probe``, then (when ``energy_probe`` is given) its
+    energy per inference from back-to-back runs in the same runtime and settings.
+
+    :param latency_probe: a latency probe, or one wrapped by ``cached_probe``
+    :param model: ONNX bytes or path (an ``nn.Module`` for the torch probe)
+    :param energy_probe: an energy probe (``latency_probe.energy_probe()`` picks the one that
+        measures where the latency is measured), or None for latency only
+    :param input_shape: shape of the first input; read from the graph if None
+    """
+    t0 = time.perf_counter()
+    latency = latency_probe.measure(model, input_shape)
+    t1 = time.perf_counter()
+    energy = None
+    if energy_probe is not None:
+        energy = energy_probe.measure(lazy_runner(latency_probe, model, input_shape), latency)
+    return Measurement(latency, energy, latency_s=t1 - t0, energy_s=time.perf_counter() - t1)
