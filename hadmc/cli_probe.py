@@ -20,7 +20,7 @@ probe_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
@@ -42,31 +42,36 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 @probe_app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind. A non-loopback address needs --token-file.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (16+ characters).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind. A non-loopback address needs a token (--token-file or $HADMC_PROBE_TOKEN).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (1..65535).", min=1, max=65535)] = 8765,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding the bearer token (16+ characters; else $HADMC_PROBE_TOKEN).")] = None,
     device: Annotated[str, typer.Option(help="Device spec of this machine: a name in configs/devices, a YAML path, or local-cpu/local-gpu.")] = "local-cpu",
     backend: Annotated[str, typer.Option(help="Latency backend used on this device (ort-cpu, ort-cuda, ort-trt, tensorrt).")] = "ort-cpu",
     store_dir: Annotated[Optional[Path], typer.Option(help="Where uploaded models are kept (by SHA-256).")] = None,
-    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB.")] = 256.0,
-    timeout_s: Annotated[float, typer.Option(help="Per-request limit in seconds.")] = 300.0,
+    store_quota_mb: Annotated[float, typer.Option(help="Most MiB the model store keeps; the least recently used models are removed beyond.", min=1.0)] = 2048.0,
+    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MiB.", min=0.001)] = 256.0,
+    timeout_s: Annotated[float, typer.Option(help="Per-request limit in seconds; the measurement is stopped there.", min=0.1)] = 300.0,
+    client_timeout_s: Annotated[float, typer.Option(help="Seconds a client may take to send a request head or body.", min=0.1)] = 10.0,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve interactive API docs at /docs (off by default).")] = False,
 ) -> None:
     """Serve latency/energy measurements of this device over HTTP (run it on the edge device)."""
-    from hadmc.hal.remote import serve as run_server
+    from hadmc.hal.probe_server import serve as run_server
 
     try:
-        if not 0 < port < 65536:
-            raise typer.BadParameter(f"--port must be in 1..65535, got {port}")
-        err.print(f"probe server on [bold]{host}:{port}[/] (auth {'on' if token_file else 'off, loopback only'})")
         run_server(
             host=host,
             port=port,
             token_file=token_file,
+            head_timeout_s=client_timeout_s,
+            on_ready=lambda banner: err.print(escape(banner), highlight=False),
             device=device,
             backend=backend,
             store_dir=store_dir,
+            store_quota_bytes=int(store_quota_mb * 1024 * 1024),
             max_bytes=int(max_mb * 1024 * 1024),
             timeout_s=timeout_s,
+            body_timeout_s=client_timeout_s,
+            docs=docs,
         )
     except HadmcError as exc:
         _fail(exc)
@@ -135,4 +140,8 @@ def measure(
 
 
 if __name__ == "__main__":
-    probe_app()
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["probe", *sys.argv[1:]]))

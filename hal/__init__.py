@@ -40,10 +40,14 @@ def __getattr__(name: str):
         from .tensorrt_probe import TensorRTProbe
 
         return TensorRTProbe
-    if name in ("RemoteProbe", "RemoteEnergyProbe", "create_app", "serve"):
+    if name in ("RemoteProbe", "RemoteEnergyProbe"):
         from . import remote
 
         return getattr(remote, name)
+    if name in ("create_app", "serve"):
+        from . import probe_server
+
+        return getattr(probe_server, name)
     raise AttributeError(f"module 'hadmc.hal' has no attribute {name!r}")
 
 

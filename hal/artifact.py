@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,3 +90,87 @@ def random_feed(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
         else:
             feed[spec.name] = rng.integers(0, 8, spec.shape).astype(spec.dtype)
     return feed
+
+
+# ---------------------------------------------------------------- untrusted models
+
+#: how much of an uploaded name goes into an error message
+_NAME_CHARS = 60
+
+
+def _short(name: str) -> str:
+    return repr(name[:_NAME_CHARS] + ("..." if len(name) > _NAME_CHARS else ""))
+
+
+def model_tensors(model) -> Iterator[tuple[str, Any]]:
+    """Every tensor an ONNX model carries, with where it sits: initializers and sparse
+    initializers (values and indices) of the main graph, of every subgraph (If/Loop/Scan
+    bodies, at any depth) and of training graphs; every tensor-valued node attribute
+    (``t``, ``tensors``, ``sparse_tensor``, ``sparse_tensors``), in graphs and in model-local
+    functions."""
+    graphs: list[tuple[str, Any]] = [("the main graph", model.graph)]
+    for i, info in enumerate(model.training_info):
+        graphs += [(f"training graph {i}", info.initialization), (f"training graph {i}", info.algorithm)]
+    node_lists: list[tuple[str, Any]] = [(f"function {_short(f.name)}", f.node) for f in model.functions]
+    while graphs or node_lists:
+        if graphs:
+            where, graph = graphs.pop()
+            for init in graph.initializer:
+                yield f"initializer {_short(init.name)} of {where}", init
+            for sparse in graph.sparse_initializer:
+                yield f"sparse initializer {_short(sparse.values.name)} of {where}", sparse.values
+                yield f"sparse initializer {_short(sparse.values.name)} of {where}", sparse.indices
+            node_lists.append((where, graph.node))
+            continue
+        where, nodes = node_lists.pop()
+        for node in nodes:
+            for attr in node.attribute:
+                at = f"attribute {_short(attr.name)} of node {_short(node.name or node.op_type)} in {where}"
+                if attr.HasField("t"):
+                    yield at, attr.t
+                for tensor in attr.tensors:
+                    yield at, tensor
+                sparse_list = ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors)
+                for sparse in sparse_list:
+                    yield at, sparse.values
+                    yield at, sparse.indices
+                if attr.HasField("g"):
+                    graphs.append((f"a subgraph of {at}", attr.g))
+                graphs.extend((f"a subgraph of {at}", g) for g in attr.graphs)
+
+
+def check_self_contained(model) -> None:
+    """Refuse a model any of whose tensors keeps its data outside the model (external data).
+
+    A runtime resolves such a reference against a directory of the machine it runs on, so an
+    uploaded model could make a server read its files. The message names the tensor, never
+    the path it points to (nor whether that path exists).
+    """
+    import onnx
+
+    for where, tensor in model_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise ProbeError(
+                f"{where} references external data; send a self-contained model "
+                "(onnx.save(model, path, save_as_external_data=False))"
+            )
+
+
+def validate_onnx(data: bytes):
+    """Parse and check untrusted ONNX bytes: a ProbeError (HTTP 400 on a server) when they are
+    not a valid, self-contained model. External data is refused before ``onnx.checker`` runs,
+    because the checker itself looks the referenced files up."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # DecodeError, RecursionError of absurd nesting, ...
+        raise ProbeError(f"not a valid ONNX model: {type(exc).__name__}") from exc
+    if not model.graph.node:
+        raise ProbeError("not a valid ONNX model: the graph has no nodes")
+    check_self_contained(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError
+        raise ProbeError(f"ONNX checker rejected the model: {str(exc).splitlines()[0][:300]}") from exc
+    return model

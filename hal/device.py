@@ -195,7 +195,8 @@ def load_device_spec(name_or_path: str | Path, search_dir: str | Path | None = N
 # ---------------------------------------------------------------- detection
 
 
-def _cpu_info() -> dict[str, object]:
+def cpu_info() -> dict[str, object]:
+    """This CPU as the OS reports it: model, ISA flags, clock (MHz), physical cores, memory (GB)."""
     model, flags, mhz = platform.processor() or platform.machine(), set(), 0.0
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -346,5 +347,5 @@ def detect_local(prefer: str = "auto") -> DeviceSpec:
             return gpu
         if prefer == "gpu":
             raise ConfigError("no NVIDIA GPU found through NVML (pip install 'hadmc[gpu]' and check the driver)")
-    info = _cpu_info()
+    info = cpu_info()
     return cpu_spec_from_info(info["model"], info["flags"], info["mhz"], info["cores"], info["memory_gb"])

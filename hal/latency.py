@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -144,6 +144,8 @@ class LatencyProbe(abc.ABC):
     name: ClassVar[str] = ""
     #: the runner returns its own latency in ms (device events) instead of host timing
     self_timed: ClassVar[bool] = False
+    #: what the runtime computes on: the host a figure is recorded against
+    measures_on: ClassVar[Literal["cpu", "gpu"]] = "cpu"
 
     def __init__(
         self,
@@ -443,6 +445,7 @@ class OrtCudaProbe(_OrtProbe):
     so the timing is the device's, not the PCIe copies'."""
 
     name = "ort-cuda"
+    measures_on = "gpu"
     providers: ClassVar[list[Any]] = ["CUDAExecutionProvider"]
 
     def __init__(self, device: DeviceSpec | None = None, threads: int = 1, device_index: int = 0, **kw: Any):

@@ -196,6 +196,7 @@ class TensorRTProbe(LatencyProbe):
 
     name = "tensorrt"
     self_timed = True
+    measures_on = "gpu"
 
     def __init__(
         self,

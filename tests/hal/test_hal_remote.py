@@ -19,7 +19,9 @@ from onnx import TensorProto, helper
 
 from hadmc.errors import ConfigError, ProbeError
 from hadmc.hal import get_latency_probe, measure_latency_and_energy, sha256_hex
-from hadmc.hal.remote import RemoteEnergyProbe, RemoteProbe, apply_delta, create_app, initializer_manifest, make_delta, serve
+from hadmc.hal.delta import apply_delta, initializer_manifest, make_delta
+from hadmc.hal.probe_server import create_app, serve
+from hadmc.hal.remote import RemoteEnergyProbe, RemoteProbe
 
 TOKEN = "test-token-0123456789abcdef"
 TIMING = {"warmup_runs": 10, "warmup_s": 0.05, "min_iterations": 20, "min_seconds": 0.1}
