@@ -6,8 +6,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hal_models import external_data_models, matmul_model
+from hal_servers import free_port, start_probe_server
 
 from hadmc.errors import ConfigError, ProbeError
 from hadmc.hal import sha256_hex
@@ -42,12 +41,6 @@ def secret_cwd(tmp_path, monkeypatch):
 def client(tmp_path):
     with TestClient(create_app(token=None, store_dir=tmp_path / "store", timeout_s=30)) as c:
         yield c
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- file disclosure
@@ -273,7 +266,7 @@ def test_the_banner_tells_the_truth_about_auth_and_reach():
 def test_serve_refuses_a_short_environment_token_and_a_busy_port(monkeypatch):
     monkeypatch.setenv("HADMC_PROBE_TOKEN", "short")
     with pytest.raises(ConfigError, match="too short"):
-        serve(host="127.0.0.1", port=_free_port())
+        serve(host="127.0.0.1", port=free_port())
     monkeypatch.setenv("HADMC_PROBE_TOKEN", TOKEN)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -286,23 +279,8 @@ def test_serve_refuses_a_short_environment_token_and_a_busy_port(monkeypatch):
 def env_token_server(tmp_path_factory):
     """A real server whose token comes from the environment, with a 1 s client timeout."""
     tmp = tmp_path_factory.mktemp("probe-env")
-    port = _free_port()
     env = dict(os.environ, HADMC_PROBE_TOKEN=TOKEN)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hadmc.cli_probe", "serve", "--port", str(port), "--store-dir", str(tmp / "store"), "--client-timeout-s", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"probe server did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
+    proc, port = start_probe_server("--store-dir", str(tmp / "store"), "--client-timeout-s", "1", env=env)
     banner = ""
     while "probe server" not in banner:
         banner = proc.stderr.readline().decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hal_models import export_tiny_cnn, matmul_model
+from hal_servers import free_port, start_probe_server
 from onnx import TensorProto, helper
 
 from hadmc.errors import ConfigError, ProbeError
@@ -27,36 +27,15 @@ TOKEN = "test-token-0123456789abcdef"
 TIMING = {"warmup_runs": 10, "warmup_s": 0.05, "min_iterations": 20, "min_seconds": 0.1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hadmc.cli_probe", "serve", "--port", str(port), "--token-file", str(token_file),
-         "--store-dir", str(tmp / "store"), "--max-mb", "1", "--timeout-s", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc, port = start_probe_server(
+        "--token-file", str(token_file), "--store-dir", str(tmp / "store"), "--max-mb", "1", "--timeout-s", "60"
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"probe server did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    yield {"url": url, "port": port, "token_file": token_file, "store": tmp / "store"}
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "token_file": token_file, "store": tmp / "store"}
     proc.terminate()
     proc.wait(10)
 
@@ -210,9 +189,9 @@ def test_per_request_timeout_gives_504(tmp_path):
 def test_refuses_non_loopback_bind_without_token(monkeypatch):
     monkeypatch.delenv("HADMC_PROBE_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="token"):
-        serve(host="0.0.0.0", port=_free_port())
+        serve(host="0.0.0.0", port=free_port())
     out = subprocess.run(
-        [sys.executable, "-m", "hadmc.cli_probe", "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
+        [sys.executable, "-m", "hadmc.cli_probe", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "HADMC_PROBE_TOKEN"},
     )
     assert out.returncode != 0 and "token" in out.stderr and "Traceback" not in out.stderr
@@ -220,4 +199,4 @@ def test_refuses_non_loopback_bind_without_token(monkeypatch):
 
 def test_unreachable_server_gives_a_clear_probe_error():
     with pytest.raises(ProbeError, match="unreachable"):
-        RemoteProbe(f"http://127.0.0.1:{_free_port()}", request_timeout_s=2).info()
+        RemoteProbe(f"http://127.0.0.1:{free_port()}", request_timeout_s=2).info()
