@@ -67,9 +67,9 @@ def load_plan(spec: str):
     from .plan import CompressionPlan
 
     path = Path(spec)
-    if path.is_file():
-        return CompressionPlan.load(path)
     plans = builtin_plans()
+    if path.exists() or (spec not in plans and (path.suffix or "/" in spec)):
+        return CompressionPlan.load(path)  # says what is wrong with the file, if anything
     if spec in plans:
         return CompressionPlan.load(plans[spec])
     raise PlanError(f"no plan file {spec!r}; pass a JSON plan path or one of the shipped plans: {', '.join(sorted(plans))}")
@@ -85,6 +85,25 @@ def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_s
     # so another split would put its training images into the test set.
     bundle = load_data(data, image_size=image_size, seed=0)
     return resolve_model(model, bundle, weights=weights), bundle
+
+
+def _save_targets(folder: Path, names: list[str], overwrite: bool) -> dict[str, Path]:
+    """Where each plan's artifact goes (``FOLDER/PLAN.onnx``), checked before any work: the
+    folder is writable, no two plans share a file name, nothing is replaced unasked."""
+    from .files import check_output_dir
+
+    check_output_dir(folder, PlanError)
+    targets = {name: folder / f"{Path(name).stem}.onnx" for name in dict.fromkeys(names)}
+    by_file: dict[Path, list[str]] = {}
+    for name, path in targets.items():
+        by_file.setdefault(path, []).append(name)
+    clashes = [f"{' and '.join(n)} -> {p.name}" for p, n in by_file.items() if len(n) > 1]
+    if clashes:
+        raise PlanError(f"plans would overwrite each other's artifact in {folder}: {'; '.join(clashes)}; rename a plan file")
+    existing = [p.name for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise PlanError(f"{folder} already holds {', '.join(existing)}; pass --overwrite to replace, or another --save folder")
+    return targets
 
 
 #: Marks after a figure that was not measured in this run (explained under the table).
@@ -117,8 +136,8 @@ def _row(name: str, ev, base) -> list[str]:
 
 @app.command()
 def pretrain(
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the recipe's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data split and training.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the recipe's).", min=1, max=1000)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and training.", min=0)] = 0,
 ) -> None:
     """Train the embedded default model (ResNet-18, CIFAR stem, on scikit-learn's digits) into the cache."""
     from .models import pretrain_default
@@ -136,7 +155,7 @@ def groups(
     model: Annotated[str, typer.Option(help="`default` or a torchvision architecture name.")] = "default",
     data: Annotated[str, typer.Option(help="digits | imagefolder:PATH | cifar10:PATH")] = "digits",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights (.pt/.pth/.safetensors).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (8..1024).", min=8, max=1024)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the model's layer groups (the names a plan's `groups` may use)."""
@@ -159,23 +178,26 @@ def evaluate(
     model: Annotated[str, typer.Option(help="`default` or a torchvision architecture name.")] = "default",
     data: Annotated[str, typer.Option(help="digits | imagefolder:PATH | cifar10:PATH")] = "digits",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights (.pt/.pth/.safetensors).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (8..1024).", min=8, max=1024)] = None,
     device: Annotated[str, typer.Option(help="Device spec name, YAML path, or `local`.")] = "local",
-    threads: Annotated[int, typer.Option(help="Runtime threads for latency (fixed for comparable figures).")] = 1,
+    threads: Annotated[int, typer.Option(help="Runtime threads for latency (fixed for comparable figures).", min=1, max=1024)] = 1,
     energy: Annotated[str, typer.Option(help="Energy probe: auto | nvml | rapl | jetson | estimated | none.")] = "auto",
-    save: Annotated[Optional[Path], typer.Option(help="Folder to write each compressed ONNX artifact to.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of recovery training.")] = 0,
+    save: Annotated[Optional[Path], typer.Option(help="Folder to write each compressed ONNX artifact to (PLAN.onnx).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace artifacts already in the --save folder.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of recovery training.", min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Apply plans for real and compare them with the original model, side by side."""
     from . import hal
     from .evaluation import PlanEvaluator
 
+    # Everything cheap to check is checked before the model is loaded and plans are applied.
     plans = [(p, load_plan(p)) for p in plan]
-    net, bundle = _load_model_and_data(model, data, weights, image_size)
     spec = hal.load_device_spec(device)
     probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
     energy_probe = None if energy == "none" else probe.energy_probe(energy)
+    targets = _save_targets(save, [name for name, _ in plans], overwrite) if save is not None else {}
+    net, bundle = _load_model_and_data(model, data, weights, image_size)
     evaluator = PlanEvaluator(net, bundle, device=spec, latency_probe=probe, energy_probe=energy_probe, seed=seed)
     with console.status("measuring the original model ...", spinner="dots") if not as_json else nullcontext():
         base = evaluator.baseline
@@ -187,7 +209,7 @@ def evaluate(
             else:
                 ev, compressed = evaluator.evaluate_with_artifact(p)
                 if compressed is not None:
-                    compressed.save(save / f"{Path(name).stem}.onnx")
+                    compressed.save(targets[name])
         results.append((name, ev))
 
     if as_json:
@@ -210,8 +232,11 @@ def evaluate(
             if ev.ok:
                 table.add_row(*_row(name, ev, base))
             else:
-                table.add_row(name, f"[red]failed: {escape(ev.error)}[/red]", *[""] * 6)
+                table.add_row(name, "[red]failed[/red]", *[""] * 6)
         console.print(table)
+        for name, ev in results:  # in full, below the table: a table cell would cut the reason short
+            if not ev.ok:
+                console.print(f"[red]{escape(name)} failed:[/red] {escape(ev.error or '')}", soft_wrap=True)
         seen = {v for _, ev in [("original", base), *results] for v in ev.provenance.values()}
         if "estimated" in seen:
             console.print("* estimated from latency and the device's power model (no energy counter is readable here)", soft_wrap=True)
@@ -224,8 +249,26 @@ def evaluate(
 _add_probe_commands()
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The ClickException classes the CLI can raise: typer 0.20+ ships its own copy of click
+    (typer._click), whose classes are not click's; older typers raise click's own."""
+    found = [cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"]
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(dict.fromkeys(found))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one clear message and a non-zero exit for every expected failure."""
+    """Entry point: one clear message and a non-zero exit for every failure, never a traceback.
+
+    Exit codes: 0 success, 1 a plan failed, 2 bad input (usage or HAD-MC error), 70 an
+    internal error (a bug: the traceback is shown with --verbose), 130 interrupted.
+    """
+    usage_errors = _usage_errors()
     try:
         # standalone_mode=False returns (not raises) the code of typer.Exit
         rc = app(args=argv, standalone_mode=False)
@@ -240,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except usage_errors as exc:  # no arguments, unknown command, missing or malformed option
+        exc.show()
+        return exc.exit_code
+    except Exception as exc:
+        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+        if verbose:
+            err.print_exception()
+        err.print(
+            f"[bold red]internal error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}"
+            + ("" if verbose else " (run again with --verbose for the details, and please report it)")
+        )
+        return 70
     return rc if isinstance(rc, int) else 0
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import HadmcError
+from .errors import ProbeError
 
 probe_app = typer.Typer(
     help="Measure an ONNX model's latency and energy here or on a remote device, or serve measurements to other machines.",
@@ -23,21 +23,21 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
     except ValueError:
-        raise typer.BadParameter(f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise typer.BadParameter(f"--input-shape must be positive integers, got {text!r}")
+        raise typer.BadParameter(f"must be integers separated by commas, e.g. 1,3,224,224; got {text!r}") from None
+    if not shape or min(shape) < 1 or len(shape) > 8:
+        raise typer.BadParameter(f"must be 1 to 8 positive integers, got {text!r}")
     return shape
+
+
+def _shape_option(text: str | None) -> str | None:
+    _parse_shape(text)  # a usage error, reported with the option's name, before any work
+    return text
 
 
 @probe_app.command()
@@ -57,24 +57,21 @@ def serve(
     """Serve latency/energy measurements of this device over HTTP (run it on the edge device)."""
     from hadmc.hal.probe_server import serve as run_server
 
-    try:
-        run_server(
-            host=host,
-            port=port,
-            token_file=token_file,
-            head_timeout_s=client_timeout_s,
-            on_ready=lambda banner: err.print(escape(banner), highlight=False),
-            device=device,
-            backend=backend,
-            store_dir=store_dir,
-            store_quota_bytes=int(store_quota_mb * 1024 * 1024),
-            max_bytes=int(max_mb * 1024 * 1024),
-            timeout_s=timeout_s,
-            body_timeout_s=client_timeout_s,
-            docs=docs,
-        )
-    except HadmcError as exc:
-        _fail(exc)
+    run_server(
+        host=host,
+        port=port,
+        token_file=token_file,
+        head_timeout_s=client_timeout_s,
+        on_ready=lambda banner: err.print(escape(banner), highlight=False),
+        device=device,
+        backend=backend,
+        store_dir=store_dir,
+        store_quota_bytes=int(store_quota_mb * 1024 * 1024),
+        max_bytes=int(max_mb * 1024 * 1024),
+        timeout_s=timeout_s,
+        body_timeout_s=client_timeout_s,
+        docs=docs,
+    )
 
 
 def _summary(latency: Any, energy: Any) -> dict[str, Any]:
@@ -87,10 +84,10 @@ def _summary(latency: Any, energy: Any) -> dict[str, Any]:
 def measure(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     target: Annotated[str, typer.Option(help="Latency backend (ort-cpu, ort-cuda, ort-trt, tensorrt) or remote://host:port.")] = "ort-cpu",
-    threads: Annotated[int, typer.Option(help="Intra-op threads.")] = 1,
-    input_shape: Annotated[Optional[str], typer.Option(help="Shape of the first input, e.g. 1,3,224,224 (default: from the graph, batch 1).")] = None,
-    min_iterations: Annotated[int, typer.Option(help="Minimum timed runs.")] = 100,
-    min_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.")] = 1.0,
+    threads: Annotated[int, typer.Option(help="Intra-op threads.", min=1, max=1024)] = 1,
+    input_shape: Annotated[Optional[str], typer.Option(help="Shape of the first input, e.g. 1,3,224,224 (default: from the graph, batch 1).", callback=_shape_option)] = None,
+    min_iterations: Annotated[int, typer.Option(help="Minimum timed runs.", min=1, max=1_000_000)] = 100,
+    min_seconds: Annotated[float, typer.Option(help="Minimum seconds of timed runs.", min=0.0, max=3600.0)] = 1.0,
     energy: Annotated[bool, typer.Option(help="Also measure (or estimate) energy per inference.")] = True,
     token_file: Annotated[Optional[Path], typer.Option(help="Bearer token file for a remote:// target.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="SQLite file of the measurement cache (e.g. runs/NAME/hadmc.db).")] = None,
@@ -100,23 +97,22 @@ def measure(
     """Measure one ONNX model once, on this machine or a remote probe server."""
     from hadmc.hal import MeasurementCache, cached_probe, get_latency_probe, measure_latency_and_energy
 
+    from hadmc.files import check_user_file
+
     shape = _parse_shape(input_shape)
-    try:
-        if not model.is_file():
-            raise HadmcError(f"model file {model} does not exist")
-        settings: dict[str, Any] = {"threads": threads, "min_iterations": min_iterations, "min_seconds": min_seconds}
-        if target.startswith("remote://"):
-            settings["token_file"] = token_file
-        probe = get_latency_probe(target, **settings)
-        energy_probe = probe.energy_probe("auto") if energy else None
-        if cache:
-            store = MeasurementCache(cache, enabled=not no_cache)
-            probe, energy_probe = cached_probe(probe, store), energy_probe and cached_probe(energy_probe, store)
-        m = measure_latency_and_energy(probe, model, energy_probe, input_shape=shape)
-        latency, energy_result = m.latency, m.energy
-    except HadmcError as exc:
-        _fail(exc)
-        return
+    check_user_file(model, "model file", ProbeError)
+    settings: dict[str, Any] = {"threads": threads, "min_iterations": min_iterations, "min_seconds": min_seconds}
+    if target.startswith("remote://"):
+        settings["token_file"] = token_file
+    elif token_file is not None:
+        raise ProbeError("--token-file is for a remote://host:port target only")
+    probe = get_latency_probe(target, **settings)
+    energy_probe = probe.energy_probe("auto") if energy else None
+    if cache:
+        store = MeasurementCache(cache, enabled=not no_cache)
+        probe, energy_probe = cached_probe(probe, store), energy_probe and cached_probe(energy_probe, store)
+    m = measure_latency_and_energy(probe, model, energy_probe, input_shape=shape)
+    latency, energy_result = m.latency, m.energy
     if as_json:
         console.print_json(json.dumps(_summary(latency, energy_result)))
         return

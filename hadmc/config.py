@@ -12,15 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .errors import ConfigError
+from .files import atomic_write, load_mapping
 from .plan import FUSIONS, MAX_PRUNE_RATIO, PRECISIONS, PRUNE_GRID, UPDATE_SCOPES, Fusion, Precision, UpdateScope, validate
+from .validation import StrictModel
 
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Unknown fields, infinite or NaN numbers and true/false for numbers are refused."""
 
 
 class LatencySettings(_Strict):
@@ -169,27 +171,23 @@ class RunConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> RunConfig:
-        """Read a YAML file; keyword overrides replace top-level keys (CLI flags)."""
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass the path of a YAML run configuration")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of settings, got {type(data).__name__}")
+        """Read a YAML (or JSON) file; keyword overrides replace top-level keys (CLI flags).
+        Any problem with the file or its content names the file."""
+        data = load_mapping(path, "config file", ConfigError)
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.parse(data)
+        try:
+            return cls.parse(data)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
 
     def dump_yaml(self) -> str:
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML, atomically."""
+        return atomic_write(path, self.dump_yaml(), ConfigError)
 
     # -- use ---------------------------------------------------------------------------
     @property

@@ -29,6 +29,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 SPLITS = ("train", "val", "test")
+#: Input sides accepted, in pixels (a 1024x1024 batch of 64 is already 800 MB of float32).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 
 
 @dataclass
@@ -138,8 +140,10 @@ def load_data(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must each lie in (0, 1) "
             "and sum to less than 1"
         )
-    if image_size is not None and image_size < 8:
-        raise DataError(f"image_size must be at least 8 pixels, got {image_size}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise DataError(f"image size must be a whole number of pixels in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {image_size!r}")
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "digits" and not arg:
@@ -227,11 +231,23 @@ def _image_transform(image_size: int, mean: tuple[float, ...], std: tuple[float,
     )
 
 
+def _read_image(path: str):
+    """One image as RGB; a file that cannot be decoded is named in the error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); remove or replace the file") from None
+
+
 def _image_folder(path: Path, transform):
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(str(path), transform=transform)
+        return ImageFolder(str(path), transform=transform, loader=_read_image)
     except (FileNotFoundError, OSError) as exc:
         raise DataError(
             f"cannot read image folder {path}: {exc}. Expected one subfolder per class holding "

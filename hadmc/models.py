@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .files import atomic_write, check_user_file
 
 if TYPE_CHECKING:
     from .data import DataBundle
@@ -114,9 +116,12 @@ def build_model(
     return model
 
 
+#: what a weights file must be, said once for every way it can fail to be one
+_WEIGHTS_FORMS = "a state_dict saved with torch.save(model.state_dict(), path) (.pt/.pth) or a .safetensors file"
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
+    path = check_user_file(path, "weights file", ModelError)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -124,11 +129,16 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj = load_file(str(path))
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any parse failure means the same thing to the user
-        raise ModelError(
-            f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            "Expected a state_dict saved with torch.save (.pt/.pth) or safetensors (.safetensors)"
-        ) from exc
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            # torch's own advice (weights_only=False) would run arbitrary code from the file
+            raise ModelError(
+                f"weights file {path} holds Python objects besides tensors, which HAD-MC does not load "
+                f"(only tensors are read, so a file cannot run code); save {_WEIGHTS_FORMS}"
+            ) from None
+        raise ModelError(f"cannot read weights file {path}: it is not {_WEIGHTS_FORMS}") from None
+    except Exception:  # any other parse failure (zip, header, recursion) means the same to the user
+        raise ModelError(f"cannot read weights file {path}: it is not {_WEIGHTS_FORMS}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -143,6 +153,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def model_classes(model: nn.Module) -> int | str:
+    """Outputs of the model's last linear layer (its number of classes), or "?"."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else "?"
 
 
 def _first_few(names: list[str], n: int = 5) -> str:
@@ -166,8 +182,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
             raise ModelError(
                 f"weights {path} do not fit the model: tensor {key!r} has shape {tuple(tensor.shape)} "
-                f"in the file but {tuple(expected[key].shape)} in the model. Check the architecture, "
-                "num_classes and cifar_stem"
+                f"in the file but {tuple(expected[key].shape)} in the model: the weights belong to another "
+                f"architecture, number of classes ({model_classes(model)} here) or input stem"
             )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -296,11 +312,9 @@ def _pretrain_unlocked(
         "weights": weights_path.name,
     }
     tmp_weights = weights_path.with_suffix(".safetensors.tmp")
-    tmp_meta = meta_path.with_suffix(".json.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_weights))
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp_weights, weights_path)  # weights first: the meta file marks a complete cache
-    os.replace(tmp_meta, meta_path)
+    atomic_write(meta_path, json.dumps(meta, indent=2) + "\n", ModelError)
     logger.info("default model: test accuracy %.4f after %d epochs in %.1f s -> %s", test_acc, epochs, seconds, weights_path)
     return weights_path, meta
 

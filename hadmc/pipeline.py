@@ -62,11 +62,15 @@ class CompressedModel:
         return len(self.onnx_bytes)
 
     def save(self, path: str | Path) -> Path:
-        """Write the exported ONNX artifact."""
+        """Write the exported ONNX artifact, atomically (never a truncated file)."""
+        from .files import atomic_write
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.onnx_bytes)
-        return path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PipelineError(f"cannot create {path.parent}: {exc.strerror}") from None
+        return atomic_write(path, self.onnx_bytes, PipelineError)
 
 
 # -- measuring the PyTorch model ----------------------------------------------------------

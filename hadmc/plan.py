@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import PlanError
+from .files import atomic_write, parse_json_strict, read_user_text
+from .validation import StrictModel
 
 Precision = Literal["fp32", "fp16", "int8"]
 Fusion = Literal["none", "conv_bn", "conv_bn_act"]
@@ -30,8 +32,7 @@ MAX_PRUNE_RATIO = 0.95
 PRUNE_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class GroupDecision(_Strict):
@@ -103,14 +104,17 @@ class CompressionPlan(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> CompressionPlan:
+        """Read a JSON plan file; any problem with the file or its content names the file."""
         p = Path(path)
-        if not p.is_file():
-            raise PlanError(f"plan file {p} does not exist; pass the path of a JSON plan (see configs/plans/)")
+        data = parse_json_strict(read_user_text(p, "plan file", PlanError), f"plan file {p}", PlanError)
         try:
-            text = p.read_text()
-        except OSError as exc:
-            raise PlanError(f"cannot read plan file {p}: {exc.strerror}") from None
-        return cls.parse(text)
+            return cls.parse(data)
+        except PlanError as exc:
+            raise PlanError(f"plan file {p}: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON, atomically (a reader never sees half a plan)."""
+        return atomic_write(path, json.dumps(self.model_dump(mode="json"), indent=1) + "\n", PlanError)
 
     # -- use ---------------------------------------------------------------------------
     def decision_for(self, group_name: str) -> GroupDecision:
@@ -139,9 +143,14 @@ class CompressionPlan(_Strict):
 
 def validate(model: type[BaseModel], data: dict | str | bytes, error: type[Exception], root: str):
     """`model` validated from a dict or JSON text; a failure raises `error` naming each field."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise error(f"{root} is not UTF-8 JSON text") from None
+    if isinstance(data, str):
+        data = parse_json_strict(data, root, error)  # repeated keys and NaN are refused here
     try:
-        if isinstance(data, (str, bytes)):
-            return model.model_validate_json(data)
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(format_validation_error(exc, root)) from None

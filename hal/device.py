@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hadmc.errors import ConfigError
+from hadmc.files import load_mapping
+from hadmc.validation import numbers_are_not_booleans
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class DeviceSpec(BaseModel):
     :param host: extra facts about the machine (cores, ISA flags, GPU index...)
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     kind: Literal["cpu", "gpu", "edge-gpu"]
@@ -71,6 +72,8 @@ class DeviceSpec(BaseModel):
     estimated_fields: list[str] = Field(default_factory=list)
     description: str = ""
     host: dict[str, object] = Field(default_factory=dict)
+
+    _numbers_are_not_booleans = numbers_are_not_booleans()
 
     @field_validator("peak_tops")
     @classmethod
@@ -178,12 +181,7 @@ def load_device_spec(name_or_path: str | Path, search_dir: str | Path | None = N
                 f"unknown device {text!r}; valid names: {', '.join(list_devices(search_dir))}, or a path to a YAML file"
             )
         path = found
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"device spec {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"device spec {path} must be a mapping of fields, got {type(data).__name__}")
+    data = load_mapping(path, "device spec", ConfigError)
     data.setdefault("name", path.stem)
     try:
         return DeviceSpec.model_validate(data)

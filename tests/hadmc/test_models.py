@@ -107,7 +107,7 @@ def test_unreadable_weights_name_the_file(tmp_path):
 
 
 def test_missing_weights_file_is_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(ModelError, match="does not exist"):
         build_model("resnet18", 10, weights=tmp_path / "nope.pt")
 
 
