@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import HadmcError, PlanError
+from .errors import HadmcError, ModelError, PlanError
 
 app = typer.Typer(
     name="hadmc",
@@ -80,6 +80,8 @@ def _load_model_and_data(model: str, data: str, weights: Optional[Path], image_s
     from .models import load_default_model, resolve_model
 
     if model == "default":
+        if weights is not None:  # before the default is loaded (or trained)
+            raise ModelError("--weights cannot be combined with the default model; name an architecture with --model")
         load_default_model(on_train=lambda msg: err.print(f"[yellow]{msg} (once; cached afterwards)[/yellow]"))
     # The split is always seed 0: the embedded default was trained on that split's train part,
     # so another split would put its training images into the test set.
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     usage_errors = _usage_errors()
     try:
         # standalone_mode=False returns (not raises) the code of typer.Exit
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="hadmc", standalone_mode=False)
     except HadmcError as exc:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         return 2

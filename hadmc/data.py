@@ -236,11 +236,15 @@ def _read_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
+        with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); remove or replace the file") from None
+    except UnidentifiedImageError:
+        reason = "it is not an image format PIL can decode"
+    except Image.DecompressionBombError:
+        reason = "it is larger than PIL's decompression-bomb limit"
+    except (OSError, ValueError) as exc:  # truncated or corrupt pixel data, unreadable file
+        reason = getattr(exc, "strerror", None) or str(exc)
+    raise DataError(f"image {path} cannot be read: {reason}; remove or replace the file")
 
 
 def _image_folder(path: Path, transform):

@@ -130,7 +130,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        if "Unsupported global" in str(exc):
             # torch's own advice (weights_only=False) would run arbitrary code from the file
             raise ModelError(
                 f"weights file {path} holds Python objects besides tensors, which HAD-MC does not load "

@@ -163,7 +163,7 @@ def format_validation_error(exc: ValidationError, root: str) -> str:
         path = ".".join([root, *(str(p) for p in err["loc"])])
         msg = err["msg"]
         ctx = err.get("ctx") or {}
-        if "expected" in ctx:
+        if "expected" in ctx and str(ctx["expected"]) not in msg:
             msg += f" (allowed: {ctx['expected']})"
         given = err.get("input")
         if not isinstance(given, (dict, list)):
