@@ -3,7 +3,7 @@
 With baseline figures (subscript 0) of the uncompressed model, measured the same way:
 
     r =  w_acc  * (acc - acc0) / acc0
-       + w_lat  * log(lat0 / lat)
+       + w_lat  * log(lat0 / lat)       (lat / lat0: the interleaved ratio where measured)
        + w_en   * log(energy0 / energy)
        + w_size * log(bytes0 / bytes)
        - c_lat  * max(0, lat / budget_ms - 1)
@@ -60,7 +60,8 @@ def compute_reward(
     acc, acc0 = evaluation.accuracy, baseline.accuracy
     relative: dict[str, float | None] = {
         "accuracy": (acc - acc0) / acc0 if acc is not None and acc0 else None,
-        "latency": _log_ratio(baseline.latency_ms, evaluation.latency_ms),
+        # the interleaved ratio where measured: two medians minutes apart drift on a busy machine
+        "latency": _log_ratio(1.0, evaluation.latency_ratio) if evaluation.latency_ratio else _log_ratio(baseline.latency_ms, evaluation.latency_ms),
         "energy": _log_ratio(baseline.energy_mj, evaluation.energy_mj),
         "size": _log_ratio(baseline.model_bytes, evaluation.model_bytes),
     }

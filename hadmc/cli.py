@@ -110,6 +110,10 @@ def _save_targets(folder: Path, names: list[str], overwrite: bool) -> dict[str, 
 
 #: Marks after a figure that was not measured in this run (explained under the table).
 _MARKS = {"estimated": "*", "cached": "\u2020"}
+#: after a latency measured on a host the device spec does not describe
+_ELSEWHERE = "\u00a7"
+#: after a speedup whose interleaved comparison stayed noisy
+_NOISY = "~"
 
 
 def _cell(value: Any, fmt: str, provenance: str | None) -> str:
@@ -118,19 +122,45 @@ def _cell(value: Any, fmt: str, provenance: str | None) -> str:
     return format(value, fmt) + _MARKS.get(provenance or "measured", "")
 
 
+def _speedup(ev, base) -> str:
+    # the interleaved ratio where there is one: two medians taken minutes apart drift apart
+    if ev.latency_ratio:
+        return f"{1.0 / ev.latency_ratio:.1f}x" + (_NOISY if ev.latency_noisy else "")
+    return f"{base.latency_ms / ev.latency_ms:.1f}x" if ev.latency_ms and base.latency_ms else "-"
+
+
 def _row(name: str, ev, base) -> list[str]:
-    speed = f"{base.latency_ms / ev.latency_ms:.1f}x" if ev.latency_ms and base.latency_ms else "-"
     prov = ev.provenance
     return [
         name,
         _cell(100 * ev.accuracy if ev.accuracy is not None else None, ".2f", prov.get("accuracy")),
-        _cell(ev.latency_ms, ".3f", prov.get("latency_ms")),
-        speed,
+        _cell(ev.latency_ms, ".3f", prov.get("latency_ms")) + (_ELSEWHERE if ev.host_mismatch and ev.latency_ms else ""),
+        _speedup(ev, base),
         _cell(ev.energy_mj, ".2f", prov.get("energy_mj")),
         _cell(ev.model_bytes / 1e6 if ev.model_bytes else None, ".2f", None),
         _cell(ev.macs / 1e6 if ev.macs else None, ".1f", None),
         _cell(ev.params / 1e6 if ev.params else None, ".2f", None),
     ]
+
+
+def _print_measurement_notes(spec, evaluations: list) -> None:
+    """Where and under what load the latencies were measured, under the comparison table."""
+    from .hal import HostInfo
+
+    measured = [ev for ev in evaluations if ev.ok and ev.host]
+    elsewhere = next((ev for ev in measured if ev.host_mismatch), None)
+    if elsewhere is not None:
+        host = HostInfo.model_validate(elsewhere.host).summary()
+        console.print(
+            f"{_ELSEWHERE} measured on {escape(host)}, which the device spec {escape(spec.name)!r} does not describe: "
+            f"{escape('; '.join(elsewhere.host_mismatch))}. Use --device local for this machine, or a remote:// probe on the device",
+            soft_wrap=True,
+        )
+    if any(ev.latency_noisy for ev in measured):
+        console.print(f"{_NOISY} the comparison with the original stayed noisy after re-measuring (other work on this machine)", soft_wrap=True)
+    loads = [ev.load_avg[0] for ev in measured if ev.load_avg]
+    if loads:
+        console.print(f"speedups are timed against the original in alternating blocks; load average {min(loads):.2f}-{max(loads):.2f}", soft_wrap=True)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -244,6 +274,7 @@ def evaluate(
             console.print("* estimated from latency and the device's power model (no energy counter is readable here)", soft_wrap=True)
         if "cached" in seen:
             console.print("\u2020 the same artifact was measured earlier in this run; its figure is reused", soft_wrap=True)
+        _print_measurement_notes(spec, [base, *(ev for _, ev in results)])
     if any(not ev.ok for _, ev in results):
         raise typer.Exit(1)
 

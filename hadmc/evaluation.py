@@ -40,6 +40,13 @@ class Evaluation(BaseModel):
     latency_p90_ms: float | None = None
     latency_cov: float | None = None
     latency_iterations: int | None = None
+    latency_ratio: float | None = Field(None, description="latency / the original's, timed in alternating blocks with it (what the reward uses)")
+    latency_ratio_spread: float | None = Field(None, description="half-width of the ratio's ~95% interval, relative to the ratio")
+    latency_noisy: bool | None = Field(None, description="the ratio's spread stayed above its bound after every re-measurement")
+    load_avg: list[float] | None = Field(None, description="1/5/15 min load averages of the measuring host when latency was measured")
+    cpu_s: float | None = Field(None, description="CPU seconds the latency measurement got (against its wall time: contention)")
+    host: dict[str, Any] = Field(default_factory=dict, description="the machine latency was measured on (hadmc.hal.HostInfo)")
+    host_mismatch: list[str] = Field(default_factory=list, description="why the device spec does not describe that machine (empty: it does)")
     energy_mj: float | None = Field(None, description="energy per inference in millijoules")
     model_bytes: int | None = Field(None, description="size of the exported ONNX artifact")
     macs: int | None = None
@@ -129,6 +136,7 @@ class PlanEvaluator:
         self.versions = _versions()
         self.groups = layer_groups(self.model, data.example_input())
         self._baseline: Evaluation | None = None
+        self._reference: bytes | None = None  # the original's artifact: plans are timed against it
         self._profile = profile
         self._done: dict[str, Evaluation] = {}  # resolved plan key -> evaluation (never apply twice)
 
@@ -142,6 +150,7 @@ class PlanEvaluator:
             self._baseline, compressed = self._evaluate(plan, keep=True)
             if self._baseline.error:
                 raise PipelineError(f"the unmodified model could not be exported and measured: {self._baseline.error}")
+            self._reference = compressed.onnx_bytes
             if self._profile and hasattr(self.latency_probe, "profile_nodes"):
                 from .groups import with_latency_shares
 
@@ -176,7 +185,7 @@ class PlanEvaluator:
 
     def _evaluate(self, plan, keep: bool = False):
         from .errors import HadmcError
-        from .hal import measure_latency_and_energy
+        from .hal import measure_latency_and_energy, spec_mismatches
         from .pipeline import apply_plan, resolve_plan
 
         t0 = time.perf_counter()
@@ -205,8 +214,11 @@ class PlanEvaluator:
                 seed=self.seed,
                 **self.pipeline,
             )
-            m = measure_latency_and_energy(self.latency_probe, compressed.onnx_bytes, self.energy_probe)
+            m = measure_latency_and_energy(self.latency_probe, compressed.onnx_bytes, self.energy_probe, reference=self._reference)
             lat, energy = m.latency, m.energy
+            if m.relative is not None:
+                record.update(latency_ratio=m.relative.ratio, latency_ratio_spread=m.relative.spread, latency_noisy=m.relative.noisy)
+            record.update(load_avg=lat.load_avg, cpu_s=lat.cpu_s, host=lat.host, host_mismatch=spec_mismatches(self.device, lat.host) if lat.host else [])
             timings = dict(compressed.timings, measure_s=m.latency_s)
             if energy is not None:
                 timings["energy_s"] = m.energy_s

@@ -1,4 +1,5 @@
-"""Hardware abstraction layer: device specs, latency + energy probes, measurement cache, remote probe.
+"""Hardware abstraction layer: device specs, latency + energy probes (also relative, in
+interleaved blocks), the measuring host's identity, measurement cache, remote probe.
 
 Everything here imports lazily-heavy libraries (ONNX Runtime, TensorRT, NVML, FastAPI) only
 when a probe that needs them is built.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from .artifact import InputSpec, graph_inputs, model_bytes, sha256_hex
 from .cache import CachedEnergyProbe, CachedLatencyProbe, MeasurementCache, cached_probe
 from .device import FEATURE_DIM, DeviceSpec, detect_local, list_devices, load_device_spec
+from .host import HostInfo, describe_host, spec_mismatches
 from .energy import (
     ENERGY_PROBES,
     EnergyProbe,
@@ -32,6 +34,7 @@ from .latency import (
     register_latency_probe,
 )
 from .measure import Measurement, lazy_runner, measure_latency_and_energy
+from .results import RelativeLatency
 
 
 def __getattr__(name: str):
@@ -57,6 +60,10 @@ __all__ = [
     "detect_local",
     "list_devices",
     "load_device_spec",
+    "HostInfo",
+    "describe_host",
+    "spec_mismatches",
+    "RelativeLatency",
     "LatencyResult",
     "LatencyProbe",
     "OrtCpuProbe",

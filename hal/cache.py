@@ -24,7 +24,7 @@ from hadmc.errors import ProbeError
 
 from .energy import EnergyProbe, EstimatedEnergyProbe
 from .latency import LatencyProbe
-from .results import EnergyResult, LatencyResult
+from .results import EnergyResult, LatencyResult, RelativeLatency
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 def settings_key(settings: dict[str, Any]) -> str:
     """Canonical JSON of probe settings (sorted keys), so equal settings give equal keys."""
     return json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _as_cached(latency: dict[str, Any]) -> dict[str, Any]:
+    """A stored latency result marked ``cached``; its original provenance kept in meta."""
+    latency["meta"] = {**latency.get("meta", {}), "cached_from": latency.get("provenance", "measured")}
+    latency["provenance"] = "cached"
+    return latency
 
 
 class MeasurementCache:
@@ -106,15 +113,29 @@ class MeasurementCache:
         data = self._get("latency", onnx_sha256, device_id, settings)
         if data is None:
             return None
-        data["meta"] = {**data.get("meta", {}), "cached_from": data.get("provenance", "measured")}
-        data["provenance"] = "cached"
         log.debug("latency cache hit %s on %s", onnx_sha256[:12], device_id)
-        return LatencyResult.model_validate(data)
+        return LatencyResult.model_validate(_as_cached(data))
 
     def put_latency(self, onnx_sha256: str, device_id: str, settings: dict[str, Any], result: LatencyResult) -> None:
         if result.provenance == "cached":
             return
         self._put("latency", onnx_sha256, device_id, settings, result.model_dump())
+
+    # -- relative latency ---------------------------------------------------------------
+    def get_relative(self, pair_sha256: str, device_id: str, settings: dict[str, Any]) -> RelativeLatency | None:
+        """Cached comparison (keyed by the SHA-256 of both artifacts' hashes), provenance ``cached``."""
+        data = self._get("relative", pair_sha256, device_id, settings)
+        if data is None:
+            return None
+        data["provenance"] = "cached"
+        for part in ("candidate", "reference"):
+            _as_cached(data[part])
+        return RelativeLatency.model_validate(data)
+
+    def put_relative(self, pair_sha256: str, device_id: str, settings: dict[str, Any], result: RelativeLatency) -> None:
+        if result.provenance == "cached":
+            return
+        self._put("relative", pair_sha256, device_id, settings, result.model_dump())
 
     # -- energy -------------------------------------------------------------------------
     def get_energy(self, onnx_sha256: str, device_id: str, settings: dict[str, Any]) -> EnergyResult | None:
@@ -156,6 +177,21 @@ class CachedLatencyProbe:
             return hit
         result = self.probe.measure(model, input_shape)
         self.cache.put_latency(digest, self.probe.device_id, settings, result)
+        return result
+
+    def measure_relative(self, model: Any, reference: Any, input_shape: tuple[int, ...] | None = None, **options: Any) -> RelativeLatency:
+        """The cached comparison of an identical candidate and reference, device and settings,
+        else a new interleaved measurement, stored."""
+        cand, ref = self.probe.cache_key(model, input_shape), self.probe.cache_key(reference, input_shape)
+        if cand is None or ref is None:
+            return self.probe.measure_relative(model, reference, input_shape, **options)
+        digest = hashlib.sha256(f"{cand[0]}:{ref[0]}".encode()).hexdigest()
+        settings = {**cand[1], "relative": options, "reference_settings": ref[1]}
+        hit = self.cache.get_relative(digest, self.probe.device_id, settings)
+        if hit is not None:
+            return hit
+        result = self.probe.measure_relative(model, reference, input_shape, **options)
+        self.cache.put_relative(digest, self.probe.device_id, settings, result)
         return result
 
     def __getattr__(self, name: str) -> Any:

@@ -31,9 +31,14 @@ from hadmc.registry import Registry
 from .artifact import InputSpec, ModelLike, graph_inputs, model_bytes, random_feed, sha256_hex
 from .device import DeviceSpec, detect_local
 from .energy import EnergyProbe, get_energy_probe
-from .results import LatencyResult
+from .host import HostInfo, describe_host
+from .interleave import median_interval, time_interleaved
+from .results import LatencyResult, RelativeLatency
 
 log = logging.getLogger(__name__)
+
+#: options of ``LatencyProbe.measure_relative`` and their defaults (see ``hal.interleave``)
+RELATIVE_DEFAULTS: dict[str, Any] = {"max_spread": 0.02, "max_rounds": 4, "block_s": 0.05, "min_pairs": 10}
 
 #: Latency probe classes by name. Optional backends (TensorRT, the remote client) are lazy
 #: ``"module:Class"`` targets, so they cost nothing until asked for.
@@ -249,17 +254,11 @@ class LatencyProbe(abc.ABC):
         data = model_bytes(model)
         return sha256_hex(data), self.result_settings(graph_inputs(data, input_shape))
 
-    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
-        """Latency of ``model`` (ONNX bytes or path) per the methodology above. To reuse the
-        figure of an identical earlier measurement, wrap the probe: ``cached_probe(probe, cache)``.
+    def host(self) -> HostInfo:
+        """The machine this probe's figures are measured on (recorded with every figure)."""
+        return describe_host(self.measures_on, int(getattr(self, "device_index", 0)))
 
-        :param model: serialized ONNX model or a path to one
-        :param input_shape: shape of the first input; read from the graph (symbolic dims -> 1) if None
-        """
-        data = model_bytes(model)
-        inputs = graph_inputs(data, input_shape)
-        t0 = time.perf_counter()
-        samples = time_runs(self._runner(data, inputs), **self.timing_settings(), self_timed=self.self_timed)
+    def _result(self, samples: list[float], inputs: list[InputSpec], data: bytes, wall_s: float, cpu_s: float) -> LatencyResult:
         return LatencyResult(
             **latency_stats(samples),
             threads=self.threads,
@@ -271,9 +270,82 @@ class LatencyProbe(abc.ABC):
             samples_ms=[round(s, 6) for s in samples],
             settings=self.result_settings(inputs),
             onnx_sha256=sha256_hex(data),
-            wall_s=time.perf_counter() - t0,
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            load_avg=load_average(),
+            host=self.host().model_dump(),
             meta=self._meta(),
         )
+
+    def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None) -> LatencyResult:
+        """Latency of ``model`` (ONNX bytes or path) per the methodology above. To reuse the
+        figure of an identical earlier measurement, wrap the probe: ``cached_probe(probe, cache)``.
+
+        :param model: serialized ONNX model or a path to one
+        :param input_shape: shape of the first input; read from the graph (symbolic dims -> 1) if None
+        """
+        data = model_bytes(model)
+        inputs = graph_inputs(data, input_shape)
+        t0, c0 = time.perf_counter(), time.process_time()
+        samples = time_runs(self._runner(data, inputs), **self.timing_settings(), self_timed=self.self_timed)
+        return self._result(samples, inputs, data, time.perf_counter() - t0, time.process_time() - c0)
+
+    def relative_settings(self, inputs: list[InputSpec], **options: Any) -> dict[str, Any]:
+        """Settings of a relative measurement (``measure_relative``'s options included)."""
+        return {**self.result_settings(inputs), "relative": {**RELATIVE_DEFAULTS, **options}}
+
+    def measure_relative(
+        self,
+        model: ModelLike,
+        reference: ModelLike,
+        input_shape: tuple[int, ...] | None = None,
+        **options: Any,
+    ) -> RelativeLatency:
+        """Latency of ``model`` relative to ``reference``, both timed in alternating blocks on
+        this backend (see ``hal.interleave``): a ratio with its spread that a busy machine does
+        not reorder, re-measured while the spread is above ``max_spread``, flagged ``noisy``
+        when ``max_rounds`` did not bring it down.
+
+        :param model: the candidate (ONNX bytes or path)
+        :param reference: the artifact to compare against, e.g. the uncompressed model
+        :param input_shape: shape of the first input of both (from each graph if None)
+        :param options: ``max_spread`` (0.02), ``max_rounds`` (4), ``block_s`` (0.05),
+            ``min_pairs`` (10); the timing minimums are this probe's, per artifact
+        """
+        unknown = set(options) - set(RELATIVE_DEFAULTS)
+        if unknown:
+            raise ProbeError(f"unknown relative-measurement option(s) {sorted(unknown)}; valid: {sorted(RELATIVE_DEFAULTS)}")
+        opts = {**RELATIVE_DEFAULTS, **options}
+        data, ref = model_bytes(model), model_bytes(reference)
+        inputs, ref_inputs = graph_inputs(data, input_shape), graph_inputs(ref, input_shape)
+        # both sessions are open at once, so blocks alternate without reloading either
+        run_ref, run_cand = self._runner(ref, ref_inputs), self._runner(data, inputs)
+        timing = time_interleaved(run_ref, run_cand, **self.timing_settings(), self_timed=self.self_timed, **opts)
+        ratio, low, high = median_interval(timing.pair_ratios)
+        spread = (high - low) / (2.0 * ratio) if ratio > 0 else math.inf
+        candidate = self._result(timing.candidate_ms, inputs, data, timing.wall_s[1], timing.cpu_s[1])
+        return RelativeLatency(
+            ratio=ratio,
+            ratio_low=low,
+            ratio_high=high,
+            spread=spread,
+            max_spread=float(opts["max_spread"]),
+            noisy=spread > float(opts["max_spread"]),
+            pairs=len(timing.pair_ratios),
+            rounds=timing.rounds,
+            block_runs=list(timing.block_runs),
+            pair_ratios=[round(r, 6) for r in timing.pair_ratios],
+            candidate=candidate.model_copy(update={"settings": self.relative_settings(inputs, **options)}),
+            reference=self._result(timing.reference_ms, ref_inputs, ref, timing.wall_s[0], timing.cpu_s[0]),
+        )
+
+
+def load_average() -> list[float]:
+    """The host's 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------- ONNX Runtime backends
@@ -567,7 +639,7 @@ class TorchEagerProbe(LatencyProbe):
             model = torch.jit.load(str(model), map_location="cpu")
         if not isinstance(model, torch.nn.Module):
             raise ProbeError(f"the torch probe measures an nn.Module or TorchScript file, got {type(model).__name__}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prev = torch.get_num_threads()
         torch.set_num_threads(self._threads)
         try:
@@ -588,7 +660,13 @@ class TorchEagerProbe(LatencyProbe):
             samples_ms=[round(s, 6) for s in samples],
             settings=settings,
             wall_s=time.perf_counter() - t0,
+            cpu_s=time.process_time() - c0,
+            load_avg=load_average(),
+            host=self.host().model_dump(),
         )
+
+    def measure_relative(self, model: Any, reference: Any, input_shape: tuple[int, ...] | None = None, **options: Any) -> RelativeLatency:
+        raise ProbeError("the torch probe times eager modules one at a time; compare exported artifacts with an ONNX probe (ort-cpu)")
 
 
 # ---------------------------------------------------------------- registry

@@ -14,21 +14,24 @@ from typing import Any
 
 from .energy import EnergyProbe
 from .latency import LatencyProbe
-from .results import EnergyResult, LatencyResult
+from .results import EnergyResult, LatencyResult, RelativeLatency
 
 
 @dataclass(frozen=True)
 class Measurement:
     """What one call measured.
 
-    :param latency: the latency result (``measured`` or ``cached``)
+    :param latency: the latency result (``measured`` or ``cached``); with a reference, the
+        candidate's result of the interleaved measurement
     :param energy: energy per inference, or None when no energy probe was given
+    :param relative: latency relative to the reference (ratio and spread), or None
     :param latency_s: seconds spent on latency (zero-ish for a cache hit)
     :param energy_s: seconds spent on energy
     """
 
     latency: LatencyResult
     energy: EnergyResult | None = None
+    relative: RelativeLatency | None = None
     latency_s: float = 0.0
     energy_s: float = 0.0
 
@@ -53,6 +56,8 @@ def measure_latency_and_energy(
     energy_probe: EnergyProbe | None = None,
     *,
     input_shape: tuple[int, ...] | None = None,
+    reference: Any = None,
+    relative_options: dict[str, Any] | None = None,
 ) -> Measurement:
     """Latency of ``model`` on ``latency_probe``, then (when ``energy_probe`` is given) its
     energy per inference from back-to-back runs in the same runtime and settings.
@@ -62,11 +67,20 @@ def measure_latency_and_energy(
     :param energy_probe: an energy probe (``latency_probe.energy_probe()`` picks the one that
         measures where the latency is measured), or None for latency only
     :param input_shape: shape of the first input; read from the graph if None
+    :param reference: an artifact to time ``model`` against in alternating blocks (e.g. the
+        uncompressed model): the result then carries the ratio and its spread, which survive
+        a busy machine where two separate medians do not
+    :param relative_options: options of ``measure_relative`` (``max_spread``, ``max_rounds``...)
     """
     t0 = time.perf_counter()
-    latency = latency_probe.measure(model, input_shape)
+    relative = None
+    if reference is not None:
+        relative = latency_probe.measure_relative(model, reference, input_shape, **(relative_options or {}))
+        latency = relative.candidate
+    else:
+        latency = latency_probe.measure(model, input_shape)
     t1 = time.perf_counter()
     energy = None
     if energy_probe is not None:
         energy = energy_probe.measure(lazy_runner(latency_probe, model, input_shape), latency)
-    return Measurement(latency, energy, latency_s=t1 - t0, energy_s=time.perf_counter() - t1)
+    return Measurement(latency, energy, relative, latency_s=t1 - t0, energy_s=time.perf_counter() - t1)

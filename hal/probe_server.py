@@ -10,7 +10,8 @@ Endpoints:
 - ``GET  /models/{sha256}/manifest`` per-initializer SHA-256 block hashes (for delta updates)
 - ``POST /models/{sha256}/delta``    build a new model from a stored one plus changed blocks
 - ``POST /measure``                  upload + measure in one request (raw ONNX body)
-- ``POST /measure/{sha256}``         measure a stored model
+- ``POST /measure/{sha256}``         measure a stored model (``?reference=SHA``: against another
+                                     stored model in alternating blocks, ratio and spread)
 - ``POST /energy/{sha256}``          energy per inference of a stored model (body: its latency result)
 - ``POST /infer/{sha256}``           ``.npy`` batch in, ``.npy`` logits out (accuracy on device)
 
@@ -107,6 +108,11 @@ class MeasureSettings(BaseModel):
     min_seconds: float = Field(1.0, ge=0.0, le=600.0)
     input_shape: tuple[int, ...] | None = None
     energy: bool = False
+    reference: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="a stored model to time against in alternating blocks")
+    max_spread: float | None = Field(None, ge=0.001, le=1.0)
+    max_rounds: int | None = Field(None, ge=1, le=20)
+    block_s: float | None = Field(None, ge=0.001, le=1.0)
+    min_pairs: int | None = Field(None, ge=2, le=10_000)
 
     @field_validator("input_shape", mode="before")
     @classmethod
@@ -123,6 +129,9 @@ class MeasureSettings(BaseModel):
 
     def timing(self) -> dict[str, Any]:
         return self.model_dump(include={"threads", "warmup_runs", "warmup_s", "min_iterations", "min_seconds"})
+
+    def relative_options(self) -> dict[str, Any]:
+        return self.model_dump(include={"max_spread", "max_rounds", "block_s", "min_pairs"}, exclude_none=True)
 
 
 class EnergySettings(BaseModel):
@@ -440,6 +449,8 @@ def create_app(
             settings={**settings.timing(), "max_seconds": max_seconds},
             input_shape=list(settings.input_shape) if settings.input_shape else None,
             energy=settings.energy,
+            reference_path=str(stored(settings.reference)) if settings.reference else None,
+            relative_options=settings.relative_options(),
         )
 
     @app.post("/measure", dependencies=auth)

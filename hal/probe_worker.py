@@ -123,17 +123,37 @@ class _DeviceWork:
         except FileNotFoundError:
             raise ProbeError("the model left the store (quota eviction) while the request waited; upload it again") from None
 
-    def measure(self, path: str, settings: dict[str, Any], input_shape: list[int] | None, energy: bool) -> dict[str, Any]:
+    def measure(
+        self,
+        path: str,
+        settings: dict[str, Any],
+        input_shape: list[int] | None,
+        energy: bool,
+        reference_path: str | None = None,
+        relative_options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         from .host import device_state, versions
         from .measure import measure_latency_and_energy
 
         data = self._read(path)
+        reference = self._read(reference_path) if reference_path else None
         probe = self._probe(**settings)
         before = device_state()
         shape = tuple(input_shape) if input_shape else None
-        m = measure_latency_and_energy(probe, data, probe.energy_probe("auto") if energy else None, input_shape=shape)
+        m = measure_latency_and_energy(
+            probe,
+            data,
+            probe.energy_probe("auto") if energy else None,
+            input_shape=shape,
+            reference=reference,
+            relative_options=relative_options,
+        )
         m.latency.meta.update({"state_before": before, "state_after": device_state(), "versions": versions()})
-        return {"latency": m.latency.model_dump(), "energy": m.energy.model_dump() if m.energy else None}
+        return {
+            "latency": m.latency.model_dump(),
+            "energy": m.energy.model_dump() if m.energy else None,
+            "relative": m.relative.model_dump() if m.relative else None,  # its candidate is m.latency
+        }
 
     def energy(self, path: str, latency: dict[str, Any], probe: str, window_s: float | None) -> dict[str, Any]:
         from .measure import lazy_runner

@@ -27,7 +27,8 @@ from .delta import make_delta
 from .device import DeviceSpec
 from .energy import EnergyProbe
 from .latency import LatencyProbe, RuntimeSession
-from .results import EnergyResult, LatencyResult
+from .host import HostInfo
+from .results import EnergyResult, LatencyResult, RelativeLatency
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,28 @@ class RemoteProbe(LatencyProbe):
         return sha
 
     # -- probe API ----------------------------------------------------------------------
+    def _post_measure(self, sha: str, input_shape: tuple[int, ...] | None, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {**self.timing_settings(), "threads": self._threads, **extra}
+        params.pop("max_seconds")  # the server caps the timed phase by its own request limit
+        if input_shape is not None:
+            params["input_shape"] = ",".join(str(s) for s in input_shape)
+        return self._ok(self._request("POST", f"/measure/{sha}", params=params), "measurement").json()
+
+    def _as_remote(self, latency: LatencyResult, settings: dict[str, Any]) -> LatencyResult:
+        """A result the server measured, as this client records it."""
+        return latency.model_copy(
+            update={
+                "backend": f"remote:{latency.backend}",
+                "settings": settings,
+                "host": {**latency.host, "source": f"remote:{self.url}"},
+                "meta": {**latency.meta, "url": self.url, "remote_settings": latency.settings},
+            }
+        )
+
+    def host(self) -> HostInfo:
+        """The device's own report of the machine it measures on."""
+        return HostInfo.model_validate({**self.info()["host"], "source": f"remote:{self.url}"})
+
     def measure(self, model: ModelLike, input_shape: tuple[int, ...] | None = None, base_sha256: str | None = None) -> LatencyResult:
         """Latency measured on the device (the server's backend and methodology).
 
@@ -137,18 +160,22 @@ class RemoteProbe(LatencyProbe):
         data = model_bytes(model)
         inputs = graph_inputs(data, input_shape)
         sha = self.upload(data, base_sha256)
-        params: dict[str, Any] = {**self.timing_settings(), "threads": self._threads}
-        params.pop("max_seconds")
-        params["input_shape"] = ",".join(str(s) for s in inputs[0].shape)
         t0 = time.perf_counter()
-        payload = self._ok(self._request("POST", f"/measure/{sha}", params=params), "measurement").json()
-        latency = LatencyResult.model_validate(payload["latency"])
-        return latency.model_copy(
+        latency = LatencyResult.model_validate(self._post_measure(sha, inputs[0].shape)["latency"])
+        return self._as_remote(latency, self.result_settings(inputs)).model_copy(update={"wall_s": time.perf_counter() - t0})
+
+    def measure_relative(self, model: ModelLike, reference: ModelLike, input_shape: tuple[int, ...] | None = None, **options: Any) -> RelativeLatency:
+        """``model`` against ``reference`` in alternating blocks, on the device (the candidate
+        travels as a delta of the reference where it can)."""
+        data, ref = model_bytes(model), model_bytes(reference)
+        inputs, ref_inputs = graph_inputs(data, input_shape), graph_inputs(ref, input_shape)
+        ref_sha = self.upload(ref)
+        sha = self.upload(data, base_sha256=ref_sha)
+        relative = RelativeLatency.model_validate(self._post_measure(sha, input_shape, reference=ref_sha, **options)["relative"])
+        return relative.model_copy(
             update={
-                "backend": f"remote:{latency.backend}",
-                "settings": self.result_settings(inputs),
-                "wall_s": time.perf_counter() - t0,
-                "meta": {**latency.meta, "url": self.url, "remote_settings": latency.settings},
+                "candidate": self._as_remote(relative.candidate, self.relative_settings(inputs, **options)),
+                "reference": self._as_remote(relative.reference, self.result_settings(ref_inputs)),
             }
         )
 

@@ -48,3 +48,10 @@ def test_missing_energy_contributes_nothing_and_is_reported_as_none():
 def test_failed_evaluation_gets_exactly_the_failure_penalty():
     out = compute_reward(_ev(error="PipelineError: x"), BASE, ObjectiveWeights(), Constraints(min_accuracy=0.9), -4.0)
     assert out.reward == -4.0 and out.terms == {"failure": -4.0}
+
+
+def test_the_latency_term_uses_the_interleaved_ratio_not_two_distant_medians():
+    # medians say 6.0 -> 3.0 ms (2x), but timed in alternating blocks the plan took 0.25x
+    ev = _ev(accuracy=0.98, latency_ms=3.0, latency_ratio=0.25, model_bytes=4000)
+    out = compute_reward(ev, BASE, ObjectiveWeights(accuracy=0.0, latency=1.0, energy=0.0, size=0.0), Constraints())
+    assert out.terms["latency"] == pytest.approx(math.log(4.0))

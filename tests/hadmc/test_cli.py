@@ -56,7 +56,9 @@ def test_evaluate_json_compares_original_and_plan_with_measured_figures(tmp_path
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     base, int8 = report["original"], report["plans"]["int8"]
+    assert int8["latency_ratio"] > 0 and int8["host_mismatch"] == []  # --device local describes this host
     for ev in (base, int8):
+        assert ev["host"]["cpu_model"] and len(ev["load_avg"]) == 3
         assert ev["error"] is None
         assert ev["latency_ms"] > 0 and ev["provenance"]["latency_ms"] in ("measured", "cached")
         assert ev["provenance"]["energy_mj"] == "estimated"
@@ -79,3 +81,15 @@ def test_groups_lists_the_names_a_plan_may_use():
     groups = json.loads(out.stdout)
     assert len(groups) == 13 and groups[0]["name"] == "conv1" and groups[0]["kind"] == "stem"
     assert groups[-1]["name"] == "fc" and groups[-1]["prunable"] is False
+
+
+def test_evaluate_flags_a_device_spec_that_does_not_describe_the_measuring_host(tmp_path):
+    spec = tmp_path / "imaginary.yaml"
+    spec.write_text(
+        "kind: cpu\npeak_tops: {fp32: 0.9, int8: 1.8}\nmemory_bandwidth_gbs: 50\nmemory_gb: 32\ntdp_w: 65\nidle_w: 10\n"
+        "precisions: [fp32, int8]\nhost: {cpu_model: Imaginary CPU 9000, cores: 64}\n"
+    )
+    out = hadmc("evaluate", "--model", "resnet18", "--image-size", "16", "--plan", "int8", "--energy", "none", "--device", str(spec))
+    assert out.returncode == 0, out.stderr
+    assert "\u00a7" in out.stdout and "does not describe" in out.stdout and "Imaginary CPU 9000" in out.stdout
+    assert "load average" in out.stdout

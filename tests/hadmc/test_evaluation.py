@@ -12,7 +12,9 @@ FAST = {"warmup_runs": 10, "warmup_s": 0.05, "min_iterations": 20, "min_seconds"
 @pytest.fixture(scope="module")
 def evaluator(trained_small, digits16):
     model, _ = trained_small
-    cpu = hal.load_device_spec("x86-cpu")
+    # a spec that describes no machine these tests run on: its figures must say so
+    spec = hal.load_device_spec("x86-cpu").model_dump()
+    cpu = hal.DeviceSpec.model_validate({**spec, "name": "imaginary-cpu", "host": {"cpu_model": "Imaginary CPU 9000", "cores": 64}})
     return PlanEvaluator(
         model,
         digits16,
@@ -54,3 +56,21 @@ def test_failing_plan_returns_an_error_instead_of_raising(evaluator):
     ev = evaluator.evaluate(CompressionPlan.uniform(0.0, "fp16", budget=0))
     assert not ev.ok and "PlanError" in ev.error and "fp16" in ev.error
     assert ev.latency_ms is None and ev.accuracy is None
+
+
+def test_plans_are_timed_against_the_original_and_record_where_and_under_what_load(evaluator):
+    base = evaluator.baseline
+    ev = evaluator.evaluate(CompressionPlan.uniform(0.5, "fp32", budget=0))
+    assert ev.ok, ev.error
+    assert base.latency_ratio is None  # the original is the reference
+    assert ev.latency_ratio is not None and ev.latency_ratio > 0 and ev.latency_ratio_spread >= 0
+    assert ev.latency_noisy in (True, False)
+    for e in (base, ev):
+        assert e.host["cpu_model"] == hal.describe_host().cpu_model
+        assert len(e.load_avg) == 3 and e.cpu_s is not None
+
+
+def test_a_device_spec_that_does_not_describe_the_measuring_host_is_flagged(evaluator):
+    ev = evaluator.evaluate(CompressionPlan.uniform(0.5, "fp32", budget=0))
+    assert ev.host_mismatch and "Imaginary CPU 9000" in ev.host_mismatch[0]
+    assert evaluator.baseline.host_mismatch

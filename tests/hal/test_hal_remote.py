@@ -200,3 +200,16 @@ def test_refuses_non_loopback_bind_without_token(monkeypatch):
 def test_unreachable_server_gives_a_clear_probe_error():
     with pytest.raises(ProbeError, match="unreachable"):
         RemoteProbe(f"http://127.0.0.1:{free_port()}", request_timeout_s=2).info()
+
+
+def test_a_remote_comparison_is_timed_on_the_device_in_alternating_blocks(server):
+    probe = RemoteProbe(server["url"], token_file=server["token_file"], **TIMING)
+    small, big = matmul_model(8), matmul_model(64)
+    rel = probe.measure_relative(small, big, max_rounds=1)
+    assert rel.pairs >= 10 and rel.ratio_low <= rel.ratio <= rel.ratio_high
+    for part, model in ((rel.candidate, small), (rel.reference, big)):
+        assert part.backend == "remote:ort-cpu" and part.onnx_sha256 == sha256_hex(model)
+        assert part.host["source"] == f"remote:{server['url']}" and part.host["cpu_model"]
+        assert len(part.load_avg) == 3
+    assert probe.host().source == f"remote:{server['url']}"
+    assert rel.candidate.settings["relative"]["max_rounds"] == 1
