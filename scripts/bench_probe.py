@@ -7,7 +7,15 @@ Checks (issue 3):
 - a cache hit returns without re-running the model (times shown, model runs counted);
 - the energy figure on this machine carries its provenance (``estimated`` without counters).
 
-Other processes loading the CPU inflate the spread; the load average is reported with the result.
+Contention (issue 10): with one busy competing process that the benchmark starts itself (a
+pure-Python spin loop), ResNet-18 at 224x224 and at 206x206 (quiet latencies about 10% apart)
+are compared with ``measure_relative`` (alternating blocks) in 20 trials: the faster one must
+be ranked faster in at least 19 and the median measured ratio must lie within 3% of the quiet
+ratio. The same trials also time the two separately, one median after the other, to show
+what the interleaving buys.
+
+Other processes loading the CPU inflate the spread; load averages are reported next to every
+section's figures.
 """
 
 from __future__ import annotations
@@ -26,15 +34,96 @@ import time
 from pathlib import Path
 
 
-def _resnet18_onnx() -> bytes:
+def _resnet18_onnx(size: int = 224) -> bytes:
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     buf = io.BytesIO()
-    torch.onnx.export(model, torch.randn(1, 3, 224, 224), buf, dynamo=False, input_names=["image"], output_names=["logits"])
+    torch.onnx.export(model, torch.randn(1, 3, size, size), buf, dynamo=False, input_names=["image"], output_names=["logits"])
     return buf.getvalue()
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _busy_process() -> subprocess.Popen:
+    """One busy competing process: a pure-Python spin loop, never blocking."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def contention(threads: int, trials: int, quiet_trials: int) -> dict:
+    """Rank two artifacts ~10% apart under one competing process (see the module docstring)."""
+    import psutil
+
+    from hadmc.hal import get_latency_probe
+
+    slow, fast = _resnet18_onnx(224), _resnet18_onnx(206)
+    # the timing minimums of a run config's defaults (50 runs and 1 s per artifact)
+    probe = get_latency_probe("ort-cpu", threads=threads, min_iterations=50, min_seconds=1.0)
+    quiet_load = _load()
+    quiet = [probe.measure_relative(fast, slow) for _ in range(quiet_trials)]
+    quiet_ratio = statistics.median(r.ratio for r in quiet)
+    busy = _busy_process()
+    time.sleep(1.0)  # let the competitor get going and show in the load average
+    rows = []
+    try:
+        for i in range(trials):
+            rel = probe.measure_relative(fast, slow)
+            # the same comparison made the usual way: one median, then the other (order alternates)
+            order = [("slow", slow), ("fast", fast)][:: 1 if i % 2 == 0 else -1]
+            medians = {name: probe.measure(data).median_ms for name, data in order}
+            cand = rel.candidate
+            rows.append(
+                {
+                    "ratio": round(rel.ratio, 4),
+                    "spread": round(rel.spread, 4),
+                    "noisy": rel.noisy,
+                    "rounds": rel.rounds,
+                    "separate_ratio": round(medians["fast"] / medians["slow"], 4),
+                    "cpu_share": round(cand.cpu_s / cand.wall_s, 3) if cand.cpu_s and cand.wall_s else None,
+                    "load_avg": cand.load_avg,
+                }
+            )
+        competitor_cpu_s = sum(psutil.Process(busy.pid).cpu_times()[:2])
+    finally:
+        busy.kill()
+        busy.wait(10)
+    ratios = [r["ratio"] for r in rows]
+    separate = [r["separate_ratio"] for r in rows]
+    median_ratio = statistics.median(ratios)
+    deviation = abs(median_ratio / quiet_ratio - 1.0)
+    ranked = sum(r < 1.0 for r in ratios)
+    return {
+        "artifacts": "resnet18 at 224x224 (reference) and 206x206 (candidate), fp32, batch 1",
+        "competitor": "one `python -c 'while True: pass'` process started by the benchmark",
+        "competitor_cpu_s": round(competitor_cpu_s, 1),
+        "settings": {"min_iterations": 50, "min_seconds": 1.0, **quiet[0].candidate.settings["relative"]},
+        "quiet": {
+            "load_avg": quiet_load,
+            "ratios": [round(r.ratio, 4) for r in quiet],
+            "ratio": round(quiet_ratio, 4),
+            "reference_median_ms": round(statistics.median(r.reference.median_ms for r in quiet), 3),
+            "candidate_median_ms": round(statistics.median(r.candidate.median_ms for r in quiet), 3),
+        },
+        "trials": rows,
+        "ranked_correctly": ranked,
+        "ranked_bound": f">= {trials - 1} of {trials}",
+        "median_ratio": round(median_ratio, 4),
+        "median_ratio_vs_quiet": round(deviation, 4),
+        "ratio_bound": 0.03,
+        "trials_within_3pct_of_quiet": sum(abs(r / quiet_ratio - 1.0) <= 0.03 for r in ratios),
+        "noisy_trials": sum(r["noisy"] for r in rows),
+        "separate_medians": {
+            "ranked_correctly": sum(r < 1.0 for r in separate),
+            "median_ratio": round(statistics.median(separate), 4),
+            "trials_within_3pct_of_quiet": sum(abs(r / quiet_ratio - 1.0) <= 0.03 for r in separate),
+            "worst_ratio_vs_quiet": round(max(abs(r / quiet_ratio - 1.0) for r in separate), 4),
+        },
+        "pass": ranked >= trials - 1 and deviation <= 0.03,
+    }
 
 
 def _free_port() -> int:
@@ -86,6 +175,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=20, help="contention trials")
+    parser.add_argument("--quiet-trials", type=int, default=3, help="comparisons on the quiet machine first")
+    parser.add_argument("--skip-contention", action="store_true")
     args = parser.parse_args()
 
     from hadmc.hal import MeasurementCache, cached_probe, get_latency_probe, measure_latency_and_energy
@@ -130,6 +222,10 @@ def main() -> int:
 
     # 4. latency, then energy per inference with its provenance
     energy = measure_latency_and_energy(probe, data, probe.energy_probe("auto")).energy
+    load_quiet_end = _load()
+
+    # 5. two artifacts ~10% apart, ranked under one competing process
+    contended = None if args.skip_contention else contention(args.threads, args.trials, args.quiet_trials)
 
     result = {
         "model": "torchvision resnet18 (random weights), 1x3x224x224 fp32 ONNX",
@@ -137,8 +233,10 @@ def main() -> int:
         "backend": "ort-cpu",
         "threads": args.threads,
         "settings": local[0].settings,
+        "host": local[0].host,
         "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_after_quiet_sections": load_quiet_end,
+        "load_avg_after": _load(),
         "repeatability": {
             "repeats": args.repeats,
             "medians_ms": [round(m, 3) for m in medians],
@@ -171,6 +269,7 @@ def main() -> int:
             "method": energy.method,
             "detail": energy.detail,
         },
+        "contention": contended,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -180,7 +279,15 @@ def main() -> int:
         print(f"remote {rem['remote_median_ms']} ms vs local {rem['local_median_ms']} ms: {100 * rem['relative_difference']:.2f}% ({'ok' if rem['pass'] else 'FAIL'})")
         print(f"cache: measured in {cac['first_s']} s, hit in {cac['hit_s']} s ({cac['hit_provenance']})")
         print(f"energy {energy.mj_per_inference:.3f} mJ/inference ({energy.provenance}, {energy.method})")
+        if contended:
+            c = contended
+            print(
+                f"contention: ranked {c['ranked_correctly']}/{len(c['trials'])} (separate medians {c['separate_medians']['ranked_correctly']}), "
+                f"median ratio {c['median_ratio']} vs quiet {c['quiet']['ratio']} ({100 * c['median_ratio_vs_quiet']:.2f}%) "
+                f"({'ok' if c['pass'] else 'FAIL'}); load average {c['trials'][-1]['load_avg']}"
+            )
     ok = result["repeatability"]["pass"] and result["remote_loopback"]["pass"] and result["cache"]["pass"]
+    ok = ok and (contended is None or contended["pass"])
     return 0 if ok else 1
 
 
