@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hadmc.errors import ProbeError
+from hadmc.files import finite_number
 from hadmc.registry import Registry
 
 from .device import DeviceSpec, detect_local
@@ -153,8 +154,8 @@ class EnergyProbe(abc.ABC):
     method: ClassVar[str] = ""
 
     def __init__(self, device: DeviceSpec | None = None, window_s: float = 2.0, warmup_runs: int = 10):
-        if window_s <= 0:
-            raise ProbeError(f"window_s must be positive, got {window_s}")
+        if not finite_number(window_s) or window_s <= 0:
+            raise ProbeError(f"window_s must be a positive finite number of seconds, got {window_s!r}")
         self.device = device if device is not None else detect_local()
         self.window_s = float(window_s)
         self.warmup_runs = int(warmup_runs)
@@ -342,7 +343,7 @@ class RaplEnergyProbe(EnergyProbe):
             return int(path.read_text().strip())
         except PermissionError as exc:
             raise ProbeError(
-                f"{path} is readable only by root; grant read access (sudo chmod o+r {path}) or use energy='estimated'"
+                f"{path} is readable only by root; grant read access (sudo chmod o+r {path}) or use the estimate (--energy estimated; energy.probe: estimated in a run config)"
             ) from exc
         except (OSError, ValueError) as exc:
             raise ProbeError(f"cannot read RAPL counter {path}: {exc}") from exc

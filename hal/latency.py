@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from hadmc.errors import ProbeError
+from hadmc.files import finite_number
 from hadmc.registry import Registry
 
 from .artifact import InputSpec, ModelLike, graph_inputs, model_bytes, random_feed, sha256_hex
@@ -162,7 +163,7 @@ class LatencyProbe(abc.ABC):
         max_seconds: float = 60.0,
         seed: int = 0,
     ):
-        finite = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (warmup_runs, warmup_s, min_iterations, min_seconds, max_seconds))
+        finite = all(finite_number(x) for x in (warmup_runs, warmup_s, min_iterations, min_seconds, max_seconds))
         if not finite or warmup_runs < 0 or min_iterations < 1 or warmup_s < 0 or min_seconds < 0 or max_seconds <= 0:
             raise ProbeError(
                 "timing settings must be finite numbers, non-negative (min_iterations >= 1, max_seconds > 0); got "

@@ -53,6 +53,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hadmc.errors import ConfigError, ProbeError
+from hadmc.files import finite_number
 
 from .artifact import sha256_hex, validate_onnx
 from .auth import AuthFailureLimiter, is_loopback, resolve_token
@@ -296,7 +297,7 @@ def create_app(
     from starlette.requests import ClientDisconnect
 
     for name, value in (("max_bytes", max_bytes), ("timeout_s", timeout_s), ("body_timeout_s", body_timeout_s)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (finite_number(value) and value > 0):
             raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
     spec = device if isinstance(device, DeviceSpec) else load_device_spec(device)
     probe_cls = LATENCY_PROBES.get(backend) if not backend.startswith("remote") else None
