@@ -473,9 +473,10 @@ def create_app(
             latency = LatencyResult.model_validate_json(await read_body(request, 16 << 20))
         except ValidationError as exc:
             raise HTTPException(400, f"body must be the latency result of this model: {exc.errors()[0]['msg']}") from None
-        if latency.onnx_sha256 != sha:
-            raise HTTPException(400, "the latency result in the body is of another model")
-        _shape(latency.input_shape)
+        if latency.onnx_sha256 != sha or not latency.input_shape:
+            raise HTTPException(400, "the body must be the latency result of this model, input shape included")
+        # the energy window runs with the threads and input shape of that result: bounded alike
+        _validated(MeasureSettings, [("threads", str(latency.threads or 1)), ("input_shape", ",".join(map(str, latency.input_shape)))])
         return await on_device("energy", path=str(path), latency=latency.model_dump(), probe=settings.probe, window_s=settings.window_s)
 
     @app.post("/infer/{sha}", dependencies=auth)

@@ -51,7 +51,12 @@ def _delta() -> bytes:
     return json.dumps(make_delta(OTHER, initializer_manifest(MODEL, block=MIN_DELTA_BLOCK))).encode()
 
 
-VALID_BODIES = [MODEL, _npy(np.ones((2, 8), np.float32)), _delta(), b'{"median_ms": 1.0}']
+def _latency() -> bytes:
+    stats = {"median_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "cov": 0.0, "iterations": 10}
+    return json.dumps({**stats, "threads": 1, "batch": 1, "input_shape": [1, 8], "backend": "ort-cpu", "device_id": "d", "onnx_sha256": SHA}).encode()
+
+
+VALID_BODIES = [MODEL, _npy(np.ones((2, 8), np.float32)), _delta(), _latency()]
 
 shas = st.one_of(
     st.just(SHA),

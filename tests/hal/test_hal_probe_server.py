@@ -112,6 +112,17 @@ def test_absurd_or_unknown_measurement_settings_get_4xx_before_any_work(client, 
     assert "invalid request settings" in resp.json()["detail"]
 
 
+@pytest.mark.parametrize("changes", [{"threads": 10**6}, {"input_shape": []}, {"input_shape": [10**6, 8]}, {"onnx_sha256": "0" * 64}])
+def test_an_energy_request_is_bounded_like_a_measurement(client, changes):
+    data = matmul_model()
+    sha = sha256_hex(data)
+    client.put(f"/models/{sha}", content=data)
+    stats = {"median_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "cov": 0.0, "iterations": 10}
+    body = {**stats, "threads": 1, "batch": 1, "input_shape": [1, 8], "backend": "ort-cpu", "device_id": "d", "onnx_sha256": sha, **changes}
+    resp = client.post(f"/energy/{sha}", content=json.dumps(body))
+    assert resp.status_code == 400, resp.text
+
+
 def test_a_repeated_setting_is_refused(client):
     resp = client.post("/measure?min_seconds=0.1&min_seconds=100", content=matmul_model())
     assert resp.status_code == 400 and "more than once" in resp.json()["detail"]
