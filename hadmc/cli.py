@@ -26,6 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: what the root options of this invocation asked for
+_session: dict[str, Any] = {"verbose": False}
 # Piped output gets a fixed width wide enough for the comparison table.
 console = Console(width=None if sys.stdout.isatty() else 100)
 err = Console(stderr=True, soft_wrap=True)
@@ -40,8 +42,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does (and show tracebacks of internal errors).")] = False,
 ) -> None:
+    _session["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     internal error (a bug: the traceback is shown with --verbose), 130 interrupted.
     """
     usage_errors = _usage_errors()
+    _session["verbose"] = False
     try:
         # standalone_mode=False returns (not raises) the code of typer.Exit
         rc = app(args=argv, prog_name="hadmc", standalone_mode=False)
@@ -320,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except Exception as exc:
-        verbose = logging.getLogger().isEnabledFor(logging.INFO)
+        verbose = _session["verbose"]
         if verbose:
             err.print_exception()
         err.print(

@@ -93,3 +93,27 @@ def test_evaluate_flags_a_device_spec_that_does_not_describe_the_measuring_host(
     assert out.returncode == 0, out.stderr
     assert "\u00a7" in out.stdout and "does not describe" in out.stdout and "Imaginary CPU 9000" in out.stdout
     assert "load average" in out.stdout
+
+
+def test_an_internal_error_is_one_line_without_a_traceback_unless_verbose(monkeypatch, capsys):
+    import hadmc.cli as cli
+
+    def broken(spec):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "load_plan", broken)
+    assert cli.main(["evaluate", "--plan", "fp32"]) == 70
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "--verbose" in err and "Traceback" not in err
+    assert cli.main(["--verbose", "evaluate", "--plan", "fp32"]) == 70
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_errors_are_caught_whichever_click_typer_ships():
+    import typer
+
+    from hadmc.cli import _usage_errors
+
+    names = {f"{cls.__module__}.{cls.__name__}" for cls in _usage_errors()}
+    assert any(issubclass(typer.BadParameter, cls) for cls in _usage_errors())
+    assert "click.exceptions.ClickException" in names  # click's own, for typer versions that use it
