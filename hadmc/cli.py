@@ -169,14 +169,24 @@ def evaluate(
 ) -> None:
     """Apply plans for real and compare them with the original model, side by side."""
     from . import hal
-    from .evaluation import PlanEvaluator
+    from .config import RunConfig
+    from .evaluation import build_evaluator
 
     plans = [(p, load_plan(p)) for p in plan]
-    net, bundle = _load_model_and_data(model, data, weights, image_size)
     spec = hal.load_device_spec(device)
-    probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
-    energy_probe = None if energy == "none" else hal.get_energy_probe(energy, device=spec)
-    evaluator = PlanEvaluator(net, bundle, device=spec, latency_probe=probe, energy_probe=energy_probe, seed=seed)
+    backend = spec.backend
+    cfg = RunConfig.parse({
+        "model": model, "data": data, "weights": str(weights) if weights else None, "image_size": image_size,
+        "device": device, "seed": seed, "use_cache": False,
+        "latency": {"threads": threads, **({"address": backend} if backend.startswith("remote://") else {"probe": backend})},
+        "energy": {"probe": None if energy == "none" else energy},
+    })  # fmt: skip
+    if model == "default":
+        from .models import load_default_model
+
+        load_default_model(on_train=lambda msg: err.print(f"[yellow]{escape(msg)} (once; cached afterwards)[/yellow]"))
+    evaluator = build_evaluator(cfg)  # the one path from a configuration to an evaluator
+    probe = evaluator.latency_probe
     with console.status("measuring the original model ...", spinner="dots") if not as_json else nullcontext():
         base = evaluator.baseline
     results = []
@@ -222,6 +232,7 @@ def evaluate(
 
 
 _add_probe_commands()
+from . import cli_compress  # noqa: E402,F401  (registers `hadmc compress`)
 
 
 def main(argv: list[str] | None = None) -> int:
