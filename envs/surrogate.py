@@ -64,13 +64,17 @@ class SurrogateEvaluator:
         self.qdq_ms = qdq_ms
         self.fail_above_prune = fail_above_prune
         self.calls = 0  # evaluate() calls; tests use it to prove cache hits
-        self.baseline = self._evaluate(CompressionPlan.uniform(0.0, "fp32", "none", budget=0))
+        self._baselines = {p: self._evaluate(CompressionPlan.uniform(0.0, "fp32", "none", budget=0), p) for p in ("search", "final")}
+        self.baseline = self._baselines["final"]
 
-    def evaluate(self, plan: CompressionPlan) -> Evaluation:
+    def baseline_for(self, phase: str) -> Evaluation:
+        return self._baselines[phase]
+
+    def evaluate(self, plan: CompressionPlan, phase: str = "final", progress=None) -> Evaluation:
         self.calls += 1
-        return self._evaluate(plan)
+        return self._evaluate(plan, phase)
 
-    def _evaluate(self, plan: CompressionPlan) -> Evaluation:
+    def _evaluate(self, plan: CompressionPlan, phase: str = "final") -> Evaluation:
         start = time.perf_counter()
         names = [g.name for g in self.groups]
         plan = plan.resolve(names)
@@ -80,6 +84,7 @@ class SurrogateEvaluator:
             return Evaluation(
                 plan_key=key,
                 plan=dumped,
+                phase=phase,
                 error=f"surrogate: prune ratio >= {self.fail_above_prune} is configured to fail",
                 device=self.device.name,
                 wall_s=time.perf_counter() - start,
@@ -106,6 +111,8 @@ class SurrogateEvaluator:
         return Evaluation(
             plan_key=key,
             plan=dumped,
+            phase=phase,
+            split="val" if phase == "search" else "test",
             accuracy=min(max(self.base_accuracy - damage * recovery, 0.0), 1.0),
             latency_ms=latency,
             energy_mj=latency * power_w,

@@ -224,16 +224,31 @@ def evaluate(
 ) -> None:
     """Apply plans for real and compare them with the original model, side by side."""
     from . import hal
-    from .evaluation import PlanEvaluator
+    from .config import RunConfig
+    from .evaluation import build_evaluator
 
     # Everything cheap to check is checked before the model is loaded and plans are applied.
     plans = [(p, load_plan(p)) for p in plan]
     spec = hal.load_device_spec(device)
-    probe = hal.get_latency_probe(spec.backend, device=spec, threads=threads)
-    energy_probe = None if energy == "none" else probe.energy_probe(energy)
+    backend = spec.backend
+    probe = hal.get_latency_probe(backend, device=spec, threads=threads)  # a backend missing here fails now
+    if energy != "none":
+        probe.energy_probe(energy)  # as does an unknown energy probe
     targets = _save_targets(save, [name for name, _ in plans], overwrite) if save is not None else {}
-    net, bundle = _load_model_and_data(model, data, weights, image_size)
-    evaluator = PlanEvaluator(net, bundle, device=spec, latency_probe=probe, energy_probe=energy_probe, seed=seed)
+    cfg = RunConfig.parse({
+        "model": model, "data": data, "weights": str(weights) if weights else None, "image_size": image_size,
+        "device": device, "seed": seed, "use_cache": False,
+        "latency": {"threads": threads, **({"address": backend} if backend.startswith("remote://") else {"probe": backend})},
+        "energy": {"probe": None if energy == "none" else energy},
+    })  # fmt: skip
+    if model == "default":
+        from .models import load_default_model
+
+        if weights is not None:  # before the default is loaded (or trained)
+            raise ModelError("--weights cannot be combined with the default model; name an architecture with --model")
+        load_default_model(on_train=lambda msg: err.print(f"[yellow]{escape(msg)} (once; cached afterwards)[/yellow]"))
+    evaluator = build_evaluator(cfg)  # the one path from a configuration to an evaluator
+    probe = evaluator.latency_probe
     with console.status("measuring the original model ...", spinner="dots") if not as_json else nullcontext():
         base = evaluator.baseline
     results = []
@@ -283,6 +298,7 @@ def evaluate(
 
 
 _add_probe_commands()
+from . import cli_compress  # noqa: E402,F401  (registers `hadmc compress`)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

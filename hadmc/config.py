@@ -9,13 +9,14 @@ and the allowed values, e.g. ``config.latency.probe: ...``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .errors import ConfigError
-from .files import atomic_write, load_mapping
+from .files import check_user_file, load_mapping, write_atomic
 from .plan import FUSIONS, MAX_PRUNE_RATIO, PRECISIONS, PRUNE_GRID, UPDATE_SCOPES, Fusion, Precision, UpdateScope, validate
 from .validation import StrictModel
 
@@ -47,31 +48,98 @@ class EnergySettings(_Strict):
 
 
 class ObjectiveWeights(_Strict):
-    """Weights of the relative terms of the reward (0 switches a term off)."""
+    """Weights of the relative terms of the reward (0 switches a term off).
 
-    accuracy: float = Field(1.0, ge=0.0)
+    The accuracy term is the relative change of accuracy; at the default weight 20 one point
+    lost costs about as much as a 1.22x speed-up gains (the latency term is a log ratio).
+    """
+
+    accuracy: float = Field(20.0, ge=0.0)
     latency: float = Field(1.0, ge=0.0)
     energy: float = Field(0.0, ge=0.0)
     size: float = Field(0.25, ge=0.0)
 
 
+_RELATIVE_ACCURACY = re.compile(r"^-(\d+(\.\d+)?)pt$")
+
+
 class Constraints(_Strict):
-    """Hard-ish constraints, enforced in the reward by hinge penalties."""
+    """Constraints, enforced in the reward by hinge penalties.
+
+    `min_accuracy` is absolute (top-1 in [0, 1]) or relative to the original model's accuracy
+    on the same split: ``"-1pt"`` means at most one percentage point below it.
+    """
 
     latency_budget_ms: float | None = Field(None, gt=0.0, description="latency the compressed model should meet")
-    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="lowest acceptable top-1 in [0, 1]")
+    hard_latency_budget: bool = Field(False, description="plans over the budget are infeasible: search skips their recovery")
+    min_accuracy: float | str | None = Field(None, description="lowest acceptable top-1: a number in [0, 1] or '-Npt' below the original")
     latency_penalty: float = Field(1.0, ge=0.0, description="reward lost per unit of relative latency over budget")
-    accuracy_penalty: float = Field(10.0, ge=0.0, description="reward lost per unit of accuracy below the minimum")
+    accuracy_penalty: float = Field(100.0, ge=0.0, description="reward lost per unit of accuracy below the minimum (1.0 per point)")
+
+    @field_validator("min_accuracy")
+    @classmethod
+    def _min_accuracy(cls, v: float | str | None) -> float | str | None:
+        if v is None or isinstance(v, bool):
+            if isinstance(v, bool):
+                raise ValueError("must be a number in [0, 1] or '-Npt' (e.g. -1pt), not a boolean")
+            return v
+        if isinstance(v, str):
+            text = v.strip().replace(" ", "")
+            if _RELATIVE_ACCURACY.match(text):
+                return text
+            try:
+                v = float(text)
+            except ValueError:
+                raise ValueError(f"must be a number in [0, 1] or points below the original such as '-1pt', got {v!r}") from None
+        if not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"an absolute minimum accuracy lies in [0, 1] (top-1 as a fraction), got {v}")
+        return float(v)
+
+    def min_accuracy_for(self, original: float | None) -> float | None:
+        """The absolute floor: relative floors are resolved against the original's accuracy."""
+        if isinstance(self.min_accuracy, str):
+            if original is None:
+                return None
+            return original - float(_RELATIVE_ACCURACY.match(self.min_accuracy).group(1)) / 100.0
+        return self.min_accuracy
+
+    @model_validator(mode="after")
+    def _hard_needs_budget(self) -> Constraints:
+        if self.hard_latency_budget and self.latency_budget_ms is None:
+            raise ValueError("hard_latency_budget needs latency_budget_ms")
+        return self
 
 
 class SearchSpace(_Strict):
-    """The discrete choices the controller has."""
+    """The search: the discrete choices the controller has, the searcher, its budget and fidelity."""
+
+    searcher: str = Field("ppo", description="searcher by name: ppo, random, nsga2, sb3-ppo, greedy")
+    budget: int = Field(64, ge=1, le=100_000, description="distinct plans evaluated for real (cache hits do not count)")
+    fidelity: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="fraction of each plan's recovery steps run while searching (1.0: full fidelity); "
+        "below 1 the front is re-evaluated at full fidelity when the search ends",
+    )  # fmt: skip
+    finalize_max: int = Field(12, ge=1, description="front plans re-evaluated at full fidelity on the test split")
+    batch: int = Field(1, ge=1, le=256, description="plans a searcher proposes per round")
+    hypervolume_accuracy_pt: float = Field(
+        2.0, ge=0.0, le=100.0, description="hypervolume reference: this many points below the original's accuracy"
+    )
 
     prune_grid: tuple[float, ...] = Field(PRUNE_GRID, description="prune ratio levels; must start at 0.0")
     precisions: tuple[Precision, ...] = Field(PRECISIONS, description="precisions offered (the device may mask more)")
     fusions: tuple[Fusion, ...] = Field(FUSIONS)
     update_scopes: tuple[UpdateScope, ...] = Field(UPDATE_SCOPES)
     update_budgets: tuple[int, ...] = Field((0, 1, 2, 3), description="recovery epoch levels of the update head")
+
+    @field_validator("searcher")
+    @classmethod
+    def _searcher_name(cls, v: str) -> str:
+        from .search import SEARCHERS
+
+        if v not in SEARCHERS:
+            raise ValueError(f"unknown searcher; valid: {', '.join(SEARCHERS.names())}")
+        return v
 
     @field_validator("prune_grid")
     @classmethod
@@ -117,6 +185,38 @@ class PipelineSettings(_Strict):
     calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
     max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
+    bn_recalibration: Literal["never", "search", "always"] = Field(
+        "search", description="re-estimate BatchNorm statistics after pruning and recovery: in search evaluations, always, or never"
+    )
+    teacher_cache: bool = Field(True, description="compute the teacher's training-split logits once per run (off for augmented data)")
+    student_cache: int = Field(4, ge=0, description="recovered students kept for plans that differ only in precision or fusion")
+
+
+class AgentSettings(_Strict):
+    """The PPO agent of the `ppo` and `sb3-ppo` searchers.
+
+    :param ratio_mean: how per-factor importance ratios combine (token, joint, arithmetic,
+        geometric, harmonic, power:P)
+    :param loss: ppo-clip, pmd-mean or pmd-part
+    :param advantage: gae, group, loo or ploo
+    :param dyna: the `ppo` searcher learns between real evaluations on a predictor fitted to
+        them and sends only its most promising plans to the evaluator; False runs plain
+        on-policy PPO on real evaluations (for comparison)
+    :param predicted_episodes: predicted episodes the policy trains on after each real batch (Dyna)
+    :param candidates: plans sampled from the policy per proposal round, of which the most
+        promising (predicted hypervolume gain and uncertainty) are evaluated for real
+    :param initial: plans evaluated before the first predictor is fitted (None: max(8, budget // 8))
+    :param ppo: further `hadmc.agents.PPOConfig` hyperparameters (SB3 names)
+    """
+
+    ratio_mean: str = Field("token", min_length=1)
+    loss: str = Field("ppo-clip", min_length=1)
+    advantage: str = Field("gae", min_length=1)
+    dyna: bool = True
+    predicted_episodes: int = Field(256, ge=0, le=1_000_000)
+    candidates: int = Field(256, ge=1, le=100_000)
+    initial: int | None = Field(None, ge=1)
+    ppo: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunConfig(_Strict):
@@ -132,7 +232,9 @@ class RunConfig(_Strict):
     :param energy: energy probe and its window
     :param objectives: reward weights of the relative accuracy/latency/energy/size terms
     :param constraints: latency budget and minimum accuracy with their hinge penalties
-    :param search: prune grid, precisions, fusions, update scopes and budgets offered
+    :param search: prune grid, precisions, fusions, update scopes and budgets offered; the
+        searcher, its budget of distinct plans and its recovery fidelity
+    :param agent: the PPO agent of the ppo / sb3-ppo searchers
     :param pipeline: how plans are applied
     :param failure_penalty: reward of a plan that fails to apply or measure (negative)
     :param run_dir: where ``hadmc.db`` and artifacts go (None = ``runs/<name>``)
@@ -151,17 +253,22 @@ class RunConfig(_Strict):
     objectives: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
     constraints: Constraints = Field(default_factory=Constraints)
     search: SearchSpace = Field(default_factory=SearchSpace)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
-    failure_penalty: float = Field(-2.0, le=0.0, description="reward of a failed plan")
+    failure_penalty: float = Field(-20.0, le=0.0, description="reward of a failed plan (at the default weights, as bad as losing all accuracy)")
     run_dir: Path | None = None
     use_cache: bool = True
     seed: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _weights_exist(self) -> RunConfig:
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise ValueError(f"weights file {self.weights} does not exist; pass a local .pt or .safetensors file")
-        return self
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, weights: Path | None) -> Path | None:
+        if weights is not None:
+            try:
+                check_user_file(weights, "weights file", ConfigError)
+            except ConfigError as exc:
+                raise ValueError(f"{exc}; pass a local .pt/.pth or .safetensors file") from None
+        return weights
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -187,7 +294,7 @@ class RunConfig(_Strict):
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config as YAML, atomically."""
-        return atomic_write(path, self.dump_yaml(), ConfigError)
+        return write_atomic(path, self.dump_yaml(), ConfigError)
 
     # -- use ---------------------------------------------------------------------------
     @property
@@ -198,11 +305,12 @@ class RunConfig(_Strict):
     def database_path(self) -> Path:
         return self.resolved_run_dir / "hadmc.db"
 
-    def evaluation_context(self) -> str:
+    def evaluation_context(self, phase: str = "final") -> str:
         """Key of everything besides the plan that changes an evaluation's figures.
 
         Two evaluations of the same plan are interchangeable only when model, weights, data,
-        image size, device, probe settings and pipeline settings all agree.
+        image size, device, probe settings, pipeline settings and phase (split and, while
+        searching, fidelity) all agree.
         """
         import hashlib
         import json
@@ -211,10 +319,15 @@ class RunConfig(_Strict):
             mode="json", include={"model", "weights", "data", "image_size", "device", "latency", "energy", "pipeline", "seed"}
         )
         ctx["latency"].pop("token", None)  # a secret, and it does not change a figure
+        ctx["phase"] = phase
+        if phase == "search":
+            ctx["fidelity"] = self.search.fidelity
+            ctx["hard_latency_budget"] = self.constraints.latency_budget_ms if self.constraints.hard_latency_budget else None
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 
 
 __all__ = [
+    "AgentSettings",
     "Constraints",
     "EnergySettings",
     "LatencySettings",

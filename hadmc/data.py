@@ -44,6 +44,8 @@ class DataBundle:
     :param val: split for model selection
     :param test: held-out split on which accuracy is reported
     :param seed: seeds the splits, the shuffling order and the calibration sample
+    :param train_augmented: the train split applies random augmentation (the same index can
+        yield different images), so per-image teacher logits must not be cached
     """
 
     name: str
@@ -54,6 +56,7 @@ class DataBundle:
     test: Dataset
     seed: int = 0
     class_names: list[str] = field(default_factory=list)
+    train_augmented: bool = False
 
     def split(self, split: str) -> Dataset:
         if split not in SPLITS:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
-Provenance = Literal["measured", "estimated", "cached", "surrogate"]
+#: ``predicted`` marks a search model's guess (Dyna search); such evaluations never reach the store.
+Provenance = Literal["measured", "estimated", "cached", "surrogate", "predicted"]
+#: A search evaluation reads accuracy on the validation split at the search fidelity; a final
+#: one (the figures a user sees) on the test split at the plan's full recovery budget.
+Phase = Literal["search", "final"]
+PHASES: tuple[str, ...] = ("search", "final")
+PHASE_SPLIT: dict[str, str] = {"search": "val", "final": "test"}
 #: Objectives and their direction. Accuracy is maximised; the others minimised.
 OBJECTIVES: dict[str, Literal["max", "min"]] = {
     "accuracy": "max",
@@ -29,13 +38,18 @@ class Evaluation(BaseModel):
     `provenance` holds, per objective name, where its figure came from: `measured` on the
     target, `estimated` from a model of the device, `cached` from an earlier identical
     measurement, or `surrogate` (a test-only stand-in, never reported as a result).
+    `phase` and `split` say what the accuracy is: ``final`` figures are read on the test split
+    at the plan's full recovery budget; ``search`` figures on the validation split, possibly
+    at a lower fidelity (`recovery_steps` of `full_recovery_steps`).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     plan_key: str
     plan: dict[str, Any]
-    accuracy: float | None = Field(None, description="top-1 in [0, 1] of the exported artifact on the test split")
+    phase: Phase = "final"
+    split: Literal["train", "val", "test"] | None = Field(None, description="split the accuracy was read on")
+    accuracy: float | None = Field(None, description="top-1 in [0, 1] of the exported artifact on `split`")
     latency_ms: float | None = Field(None, description="median latency per inference")
     latency_p90_ms: float | None = None
     latency_cov: float | None = None
@@ -52,6 +66,13 @@ class Evaluation(BaseModel):
     macs: int | None = None
     params: int | None = None
     provenance: dict[str, Provenance] = Field(default_factory=dict)
+    recovery_steps: int | None = Field(None, description="recovery optimizer steps run for this figure")
+    full_recovery_steps: int | None = Field(None, description="steps of the plan's full recovery budget")
+    quantization: dict[str, Any] | None = Field(None, description="INT8 recipe used (None: no INT8 group)")
+    group_latency_ms: dict[str, float] | None = Field(None, description="profiled ms per layer group (search features)")
+    skipped: str | None = Field(None, description="why recovery and accuracy were skipped (a hard constraint missed)")
+    artifact_sha256: str | None = Field(None, description="SHA-256 of the saved ONNX artifact these figures were measured on")
+    notes: list[str] = Field(default_factory=list)
     device: str = ""
     probe: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
@@ -63,8 +84,25 @@ class Evaluation(BaseModel):
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def complete(self) -> bool:
+        """Succeeded and has every figure of the pipeline (nothing skipped)."""
+        return self.error is None and self.skipped is None
+
+    @property
+    def fidelity(self) -> float | None:
+        """Recovery steps run over the plan's full budget (1.0 = full fidelity)."""
+        if self.recovery_steps is None or self.full_recovery_steps is None:
+            return None
+        return 1.0 if self.full_recovery_steps == 0 else self.recovery_steps / self.full_recovery_steps
+
     def objectives(self) -> dict[str, float | None]:
         return {name: getattr(self, name) for name in OBJECTIVES}
+
+    def as_cached(self) -> Evaluation:
+        """The same figures reused: measured ones say `cached`, estimated ones keep saying so."""
+        prov = {k: ("cached" if v == "measured" else v) for k, v in self.provenance.items()}
+        return self.model_copy(update={"provenance": prov})
 
 
 # -- the real evaluator -------------------------------------------------------------------
@@ -93,16 +131,32 @@ class PlanEvaluator:
     Every figure is measured (or `cached` from an identical earlier measurement, or
     `estimated` where the device has no energy counter, and labelled so).
 
+    Search evaluations are cheaper than final ones without being less true: the teacher's
+    logits on the (un-augmented) training split are computed once; a recovered student is
+    shared by plans that differ only in precision or fusion; recovery runs `search_fidelity`
+    of the plan's budget and BatchNorm statistics are re-estimated; with a hard latency budget,
+    latency and size are measured before recovery and a plan over the budget skips it. Final
+    evaluations run the plan's whole budget and read accuracy on the test split.
+
     :param model: the pretrained classifier (teacher of the recovery)
-    :param data: the `DataBundle` (train for recovery/calibration, test for accuracy)
+    :param data: the `DataBundle` (train for recovery/calibration, val for search, test for final figures)
     :param device: the target `DeviceSpec` (None = this machine, auto-detected)
     :param latency_probe: a `hadmc.hal.LatencyProbe` (None = the device's backend, default settings)
     :param energy_probe: a `hadmc.hal.EnergyProbe`, or None to skip energy
     :param cache: a `hadmc.hal.MeasurementCache` so identical artifacts are measured once (it
         wraps both probes)
-    :param pipeline: keyword arguments for `apply_plan` (importance, round_to, recovery_lr, ...)
+    :param pipeline: keyword arguments of the pipeline stages (importance, round_to, recovery_lr,
+        batch_size, calibration_batches, max_train_batches, max_eval_batches)
     :param profile: attach measured per-group latency shares from the runtime's node profiler
     :param seed: seed of recovery fine-tuning
+    :param search_fidelity: fraction of each plan's recovery steps run in search evaluations
+    :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery in
+        ``search`` evaluations only, ``always``, or ``never``
+    :param teacher_cache: compute the teacher's training-split logits once (off automatically
+        when the training images are augmented)
+    :param student_cache: recovered students kept for plans that differ only in precision/fusion
+    :param latency_budget_ms: a hard budget: search plans over it skip recovery and accuracy
+    :param profile_plans: attach each search plan's profiled per-group latency (`group_latency_ms`)
     """
 
     def __init__(
@@ -117,10 +171,20 @@ class PlanEvaluator:
         pipeline: dict[str, Any] | None = None,
         profile: bool = True,
         seed: int = 0,
+        search_fidelity: float = 1.0,
+        bn_recalibration: Literal["never", "search", "always"] = "search",
+        teacher_cache: bool = True,
+        student_cache: int = 4,
+        latency_budget_ms: float | None = None,
+        profile_plans: bool = False,
     ):
         from . import hal
         from .groups import layer_groups
 
+        if not 0.0 < search_fidelity <= 1.0:
+            raise ConfigError(f"search fidelity must lie in (0, 1] (a fraction of each plan's recovery), got {search_fidelity}")
+        if bn_recalibration not in ("never", "search", "always"):
+            raise ConfigError(f"bn_recalibration must be never, search or always, got {bn_recalibration!r}")
         self.model = model.eval()
         self.data = data
         self.device = device if device is not None else hal.detect_local()
@@ -131,138 +195,341 @@ class PlanEvaluator:
             self.latency_probe = hal.cached_probe(self.latency_probe, cache)
             if energy_probe is not None:
                 self.energy_probe = hal.cached_probe(energy_probe, cache)
+        self._reference: bytes | None = None  # the original's artifact: plans are timed against it
         self.pipeline = dict(pipeline or {})
         self.seed = seed
+        self.search_fidelity = float(search_fidelity)
+        self.bn_recalibration = bn_recalibration
+        self.teacher_cache = teacher_cache and not getattr(data, "train_augmented", False)
+        self.student_cache = int(student_cache)
+        self.latency_budget_ms = latency_budget_ms
+        self.profile_plans = profile_plans
         self.versions = _versions()
         self.groups = layer_groups(self.model, data.example_input())
-        self._baseline: Evaluation | None = None
-        self._reference: bytes | None = None  # the original's artifact: plans are timed against it
+        self._baselines: dict[str, Evaluation] = {}
         self._profile = profile
-        self._done: dict[str, Evaluation] = {}  # resolved plan key -> evaluation (never apply twice)
+        self._logits = None
+        self._students: OrderedDict[tuple, Any] = OrderedDict()
+        self.stats = {"students_reused": 0, "recoveries": 0, "recoveries_skipped": 0}
 
-    # The baseline is measured on first use, so building an evaluator stays cheap.
+    # -- baselines ----------------------------------------------------------------------
     @property
     def baseline(self) -> Evaluation:
-        if self._baseline is None:
-            from .plan import CompressionPlan
+        """The unmodified model's final figures (test split); measured on first use."""
+        return self.baseline_for("final")
 
-            plan = CompressionPlan.uniform(0.0, "fp32", budget=0)
-            self._baseline, compressed = self._evaluate(plan, keep=True)
-            if self._baseline.error:
-                raise PipelineError(f"the unmodified model could not be exported and measured: {self._baseline.error}")
-            self._reference = compressed.onnx_bytes
-            if self._profile and hasattr(self.latency_probe, "profile_nodes"):
-                from .groups import with_latency_shares
+    def baseline_for(self, phase: Phase) -> Evaluation:
+        """The unmodified model's evaluation in `phase` (its accuracy on that phase's split).
 
-                try:
-                    node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
-                    self.groups = with_latency_shares(self.groups, node_ms, compressed.onnx_bytes)
-                except Exception as exc:  # profiling is a feature, not a requirement
-                    log.warning("per-node profiling failed (%s); latency shares left unknown", exc)
-        return self._baseline
-
-    def evaluate(self, plan) -> Evaluation:
-        """Apply `plan`, measure it; a failing plan returns an Evaluation with `error` set.
-
-        A plan identical (after resolving defaults) to one this evaluator already measured is
-        answered from memory with its provenance marked `cached`.
+        Both phases share one export and one latency measurement; only the split differs.
         """
-        from .pipeline import resolve_plan
+        if phase not in self._baselines:
+            self._measure_baselines()
+        return self._baselines[phase]
 
-        try:
-            key = resolve_plan(plan, self.groups).key()
-        except Exception:
-            key = None
-        if key in self._done:
-            earlier = self._done[key]
-            return earlier.model_copy(update={"provenance": {k: ("cached" if v == "measured" else v) for k, v in earlier.provenance.items()}})
-        return self._evaluate(plan)[0]
+    def _measure_baselines(self) -> None:
+        from .plan import CompressionPlan
 
-    def evaluate_with_artifact(self, plan):
+        plan = CompressionPlan.uniform(0.0, "fp32", budget=0)
+        final, compressed = self._evaluate(plan, "final", keep=True)
+        if final.error:
+            raise PipelineError(f"the unmodified model could not be exported and measured: {final.error}")
+        self._reference = compressed.onnx_bytes
+        t = time.perf_counter()
+        val = self._accuracy(compressed.onnx_bytes, PHASE_SPLIT["search"])
+        search = final.model_copy(
+            update={"phase": "search", "split": PHASE_SPLIT["search"], "accuracy": val,
+                    "timings": {**final.timings, "accuracy_s": time.perf_counter() - t}}
+        )  # fmt: skip
+        self._baselines = {"final": final, "search": search}
+        if self._profile and hasattr(self.latency_probe, "profile_nodes"):
+            from .groups import with_latency_shares
+
+            try:
+                node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
+                self.groups = with_latency_shares(self.groups, node_ms, compressed.onnx_bytes)
+            except Exception as exc:  # profiling is a feature, not a requirement
+                log.warning("per-node profiling failed (%s); latency shares left unknown", exc)
+
+    # -- evaluation ---------------------------------------------------------------------
+    def evaluate(self, plan, phase: Phase = "final", progress: Callable[[str], None] | None = None) -> Evaluation:
+        """Apply `plan` and measure it; a failing plan returns an Evaluation with `error` set.
+
+        :param phase: ``final`` (test split, full recovery) or ``search`` (validation split,
+            search fidelity)
+        :param progress: told the name of each stage as it starts (prune, recover, export,
+            accuracy, measure)
+        """
+        return self._evaluate(plan, phase, progress=progress)[0]
+
+    def evaluate_with_artifact(self, plan, phase: Phase = "final"):
         """Like `evaluate`, and also return the `CompressedModel` (None if the plan failed) to
         save or ship, so exporting never applies a plan a second time."""
-        return self._evaluate(plan, keep=True)
+        return self._evaluate(plan, phase, keep=True)
 
-    def _evaluate(self, plan, keep: bool = False):
+    def recovery_plan(self, plan, phase: Phase) -> tuple[int, int]:
+        """(steps run, steps of the full budget) of a resolved plan's recovery in `phase`."""
+        from .pipeline import recovery_steps
+
+        full = recovery_steps(plan, self.data, self.pipeline.get("batch_size", 64), self.pipeline.get("max_train_batches"))
+        if phase == "final" or full == 0 or self.search_fidelity >= 1.0:
+            return full, full
+        return max(1, math.ceil(self.search_fidelity * full)), full
+
+    def _teacher_logits(self):
+        if self._logits is None and self.teacher_cache:
+            from .pipeline import teacher_logits
+
+            self._logits = teacher_logits(self.model, self.data.split("train"))
+        return self._logits
+
+    def _measure(self, onnx_bytes: bytes, energy: bool = False, measured=None):
+        """Latency (timed against the original once it is known), then energy when asked,
+        through the one HAL function; `measured` reuses a latency taken on the same graph."""
+        from .hal import measure_latency_and_energy
+
+        return measure_latency_and_energy(
+            self.latency_probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference, measured=measured
+        )
+
+    def accuracy_on(self, onnx_bytes: bytes, split: str) -> float:
+        """Top-1 of an artifact on `split`, run where latency is measured (for benchmarks that
+        compare fidelities on one split; reported figures use their phase's split)."""
+        return self._accuracy(onnx_bytes, split)
+
+    def _accuracy(self, onnx_bytes: bytes, split: str) -> float:
+        from .pipeline import artifact_accuracy
+
+        def runner(data: bytes):
+            return self.latency_probe.session(data).run
+
+        return artifact_accuracy(
+            onnx_bytes, self.data, split, batch_size=self.pipeline.get("batch_size", 64),
+            max_batches=self.pipeline.get("max_eval_batches"), runner=runner,
+        )  # fmt: skip
+
+    def _prune(self, plan, timings: dict[str, float], say):
+        from .pipeline import pruned_copy
+
+        say("prune")
+        t = time.perf_counter()
+        pruned = pruned_copy(
+            self.model, plan, self.groups, self.data,
+            importance=self.pipeline.get("importance", "l1"), round_to=self.pipeline.get("round_to"),
+        )  # fmt: skip
+        timings["prune_s"] = time.perf_counter() - t
+        return pruned
+
+    def _export(self, student, plan):
+        from .pipeline import export_artifact
+
+        return export_artifact(
+            student, plan, self.groups, self.data, self.device, calibration_batches=self.pipeline.get("calibration_batches", 8)
+        )
+
+    def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say) -> tuple[Any, dict]:
+        """The recovered student of `plan`: from the cache when a plan with the same pruning,
+        distillation, update and fidelity was recovered already, else pruned and recovered."""
+        from .pipeline import recover
+
+        recal = self.bn_recalibration == "always" or (self.bn_recalibration == "search" and phase == "search")
+        recal = recal and (steps > 0 or any(d.prune_ratio > 0 for d in plan.groups.values()))
+        key = (
+            tuple(sorted((n, d.prune_ratio) for n, d in plan.groups.items())),
+            plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, recal, self.seed,
+        )  # fmt: skip
+        if key in self._students:
+            self._students.move_to_end(key)
+            self.stats["students_reused"] += 1
+            return self._students[key]
+        if pruned is None:
+            pruned = self._prune(plan, timings, say)
+        say("recover")
+        t = time.perf_counter()
+        info = recover(
+            pruned, self.model, plan, self.data,
+            lr=self.pipeline.get("recovery_lr", 0.01), batch_size=self.pipeline.get("batch_size", 64),
+            max_train_batches=self.pipeline.get("max_train_batches"), max_steps=steps,
+            logits=self._teacher_logits() if steps > 0 else None, bn_recalibration=recal, seed=self.seed,
+        )  # fmt: skip
+        timings["recover_s"] = time.perf_counter() - t
+        self.stats["recoveries"] += 1
+        if self.student_cache > 0:
+            self._students[key] = (pruned, info)
+            while len(self._students) > self.student_cache:
+                self._students.popitem(last=False)
+        return pruned, info
+
+    def _evaluate(self, plan, phase: Phase = "final", keep: bool = False, progress: Callable[[str], None] | None = None):
         from .errors import HadmcError
-        from .hal import measure_latency_and_energy, spec_mismatches
-        from .pipeline import apply_plan, resolve_plan
+        from .pipeline import CompressedModel, check_precisions, resolve_plan
 
+        if phase not in PHASES:
+            raise ConfigError(f"unknown evaluation phase {phase!r}; valid: {', '.join(PHASES)}")
+        say = progress or (lambda stage: None)
         t0 = time.perf_counter()
+        split = PHASE_SPLIT[phase]
         record: dict[str, Any] = {
             "plan_key": plan.key(),
             "plan": json.loads(plan.canonical_json()),
+            "phase": phase,
             "device": self.device.id,
             "probe": self.latency_probe.settings(),
             "versions": self.versions,
         }
         compressed = None
+        timings: dict[str, float] = {}
         try:
             resolved = resolve_plan(plan, self.groups)
             record["plan_key"], record["plan"] = resolved.key(), json.loads(resolved.canonical_json())
-
-            def runner(onnx_bytes: bytes):
-                return self.latency_probe.session(onnx_bytes).run
-
-            compressed = apply_plan(
-                self.model,
-                resolved,
-                self.data,
-                self.device,
-                groups=self.groups,
-                accuracy_runner=runner,
-                seed=self.seed,
-                **self.pipeline,
-            )
-            m = measure_latency_and_energy(self.latency_probe, compressed.onnx_bytes, self.energy_probe, reference=self._reference)
+            check_precisions(resolved, self.device)
+            steps, full = self.recovery_plan(resolved, phase)
+            record.update(recovery_steps=steps, full_recovery_steps=full)
+            lat, early_m, pruned, notes = None, None, None, []
+            if phase == "search" and self.latency_budget_ms is not None and steps > 0:
+                # Latency and size do not depend on the recovered weights: measure them first,
+                # and spend no recovery on a plan that misses the hard budget.
+                pruned = self._prune(resolved, timings, say)
+                say("export")
+                early = self._export(pruned, resolved)
+                say("measure")
+                t = time.perf_counter()
+                early_m = self._measure(early.onnx_bytes)
+                lat = early_m.latency
+                timings["measure_s"] = time.perf_counter() - t
+                notes.append("latency measured before recovery on an artifact of the same graph")
+                if lat.median_ms > self.latency_budget_ms:
+                    self.stats["recoveries_skipped"] += 1
+                    record.update(
+                        self._latency_fields(early_m), model_bytes=len(early.onnx_bytes), macs=early.macs, params=early.params,
+                        provenance={"latency_ms": lat.provenance, "model_bytes": "measured"}, quantization=early.quantization,
+                        skipped=f"latency {lat.median_ms:.3f} ms is over the hard budget {self.latency_budget_ms:g} ms: "
+                        "recovery and accuracy skipped",
+                        recovery_steps=0, notes=notes,
+                    )  # fmt: skip
+                    raise _Skipped
+            student, recovery = self._student(resolved, phase, steps, pruned, timings, say)
+            say("export")
+            art = self._export(student, resolved)
+            timings.update(art.timings)
+            say("accuracy")
+            t = time.perf_counter()
+            accuracy = self._accuracy(art.onnx_bytes, split)
+            timings["accuracy_s"] = time.perf_counter() - t
+            if early_m is None:
+                say("measure")
+            m = self._measure(art.onnx_bytes, energy=True, measured=early_m)
             lat, energy = m.latency, m.energy
-            if m.relative is not None:
-                record.update(latency_ratio=m.relative.ratio, latency_ratio_spread=m.relative.spread, latency_noisy=m.relative.noisy)
-            record.update(load_avg=lat.load_avg, cpu_s=lat.cpu_s, host=lat.host, host_mismatch=spec_mismatches(self.device, lat.host) if lat.host else [])
-            timings = dict(compressed.timings, measure_s=m.latency_s)
+            if early_m is None:
+                timings["measure_s"] = m.latency_s
             if energy is not None:
                 timings["energy_s"] = m.energy_s
+            group_ms = None
+            if self.profile_plans and phase == "search":
+                group_ms = self._group_latency(art.onnx_bytes)
             record.update(
-                accuracy=compressed.accuracy,
-                latency_ms=lat.median_ms,
-                latency_p90_ms=lat.p90_ms,
-                latency_cov=lat.cov,
-                latency_iterations=lat.iterations,
+                self._latency_fields(m),
+                split=split,
+                accuracy=accuracy,
                 energy_mj=energy.mj_per_inference if energy else None,
-                model_bytes=compressed.model_bytes,
-                macs=compressed.macs,
-                params=compressed.params,
+                model_bytes=len(art.onnx_bytes),
+                macs=art.macs,
+                params=art.params,
+                quantization=art.quantization,
+                group_latency_ms=group_ms,
+                notes=notes,
                 provenance={
                     "accuracy": "measured",
                     "latency_ms": lat.provenance,
                     "model_bytes": "measured",
                     **({"energy_mj": energy.provenance} if energy else {}),
                 },
-                timings=timings,
             )
             if energy is not None:
                 record["probe"] = {**record["probe"], "energy": energy.method}
+            if keep:
+                compressed = CompressedModel(
+                    model=student, onnx_bytes=art.onnx_bytes, plan=resolved, groups=self.groups,
+                    input_shape=tuple(self.data.example_input().shape), accuracy=accuracy, macs=art.macs,
+                    params=art.params, quantized=art.int8_nodes > 0, int8_nodes=art.int8_nodes,
+                    excluded_nodes=art.excluded_nodes, timings=dict(timings), recovery=recovery,
+                    quantization=art.quantization,
+                )  # fmt: skip
+        except _Skipped:
+            pass
         except HadmcError as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a search must go on; the store keeps the reason
             log.exception("evaluation of plan %s failed", record["plan_key"][:12])
             record["error"] = f"{type(exc).__name__}: {exc}"
+        record["timings"] = timings
         record["wall_s"] = time.perf_counter() - t0
-        evaluation = Evaluation(**record)
-        if evaluation.ok:
-            self._done[evaluation.plan_key] = evaluation
-        return evaluation, (compressed if keep else None)
+        return Evaluation(**record), compressed
+
+    def _latency_fields(self, m) -> dict[str, Any]:
+        """The latency figures of a `hal.Measurement`, with where and under what load."""
+        from .hal import spec_mismatches
+
+        lat, rel = m.latency, m.relative
+        return {
+            "latency_ms": lat.median_ms,
+            "latency_p90_ms": lat.p90_ms,
+            "latency_cov": lat.cov,
+            "latency_iterations": lat.iterations,
+            "latency_ratio": rel.ratio if rel else None,
+            "latency_ratio_spread": rel.spread if rel else None,
+            "latency_noisy": rel.noisy if rel else None,
+            "load_avg": lat.load_avg,
+            "cpu_s": lat.cpu_s,
+            "host": lat.host,
+            "host_mismatch": spec_mismatches(self.device, lat.host) if lat.host else [],
+        }
+
+    def _group_latency(self, onnx_bytes: bytes) -> dict[str, float] | None:
+        if not hasattr(self.latency_probe, "profile_nodes"):
+            return None
+        from .groups import group_latency_ms
+
+        try:
+            return group_latency_ms(self.groups, self.latency_probe.profile_nodes(onnx_bytes), onnx_bytes)
+        except Exception as exc:  # a search feature, not a figure
+            log.warning("per-node profiling of a plan failed (%s)", exc)
+            return None
 
 
-def build_evaluator(config) -> PlanEvaluator:
-    """The real evaluator of a `RunConfig`: data, model, device, probes and measurement cache."""
+class _Skipped(Exception):
+    """Internal: the evaluation ends early with what it has (a hard constraint missed)."""
+
+
+def build_evaluator(
+    config,
+    *,
+    model=None,
+    data=None,
+    on_train: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> PlanEvaluator:
+    """The real evaluator of a `RunConfig`: data, model, device, probes and measurement cache.
+
+    This is the one construction path from a configuration to an evaluator; the CLI's
+    `evaluate` and `compress`, the Python API and the Gymnasium environment all use it.
+
+    :param model: an `nn.Module` to compress instead of `config.model` (Python API)
+    :param data: a `DataBundle` to use instead of loading `config.data`
+    :param on_train: told when the embedded default must be trained first (it takes a while)
+    :param on_epoch: told after each epoch of that training (epoch, epochs, seconds, val_accuracy)
+    """
     from . import hal
     from .data import load_data
-    from .models import resolve_model
+    from .models import load_default_model, resolve_model
 
     # Split seed 0 always: the embedded default was trained on that split (config.seed seeds training).
-    data = load_data(config.data, image_size=config.image_size, seed=0)
-    model = resolve_model(config.model, data, weights=config.weights)
+    if data is None:
+        data = load_data(config.data, image_size=config.image_size, seed=0)
+    if model is None:
+        if config.model == "default" and (on_train is not None or on_epoch is not None):
+            load_default_model(on_train=on_train, on_epoch=on_epoch)
+        model = resolve_model(config.model, data, weights=config.weights)
     device = hal.load_device_spec(config.device)
     lat = config.latency
     probe_name = lat.address or lat.probe
@@ -286,6 +553,7 @@ def build_evaluator(config) -> PlanEvaluator:
         config.resolved_run_dir.mkdir(parents=True, exist_ok=True)
         cache = hal.MeasurementCache(config.database_path)
     p = config.pipeline
+    budget = config.constraints.latency_budget_ms if config.constraints.hard_latency_budget else None
     return PlanEvaluator(
         model,
         data,
@@ -303,4 +571,9 @@ def build_evaluator(config) -> PlanEvaluator:
             max_eval_batches=p.max_eval_batches,
         ),
         seed=config.seed,
+        search_fidelity=config.search.fidelity,
+        bn_recalibration=p.bn_recalibration,
+        teacher_cache=p.teacher_cache,
+        student_cache=p.student_cache,
+        latency_budget_ms=budget,
     )

@@ -1,4 +1,4 @@
-"""Files the user names, read defensively, and files HAD-MC writes, written atomically.
+"""Files the user names, read defensively, and files a run writes, always whole or not at all.
 
 Reading: a plan, run config, device spec or weights file that is missing, a directory, a
 device or pipe, empty, too large, binary, unreadable, absurdly nested, or that repeats a key
@@ -178,9 +178,10 @@ def finite_number(value: Any) -> bool:
 # ---------------------------------------------------------------- writing
 
 
-def atomic_write(path: str | Path, data: bytes | str, error: type[HadmcError] = HadmcError) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed over
-    ``path`` once complete: a reader sees the old file or the new one, never half of one.
+def write_atomic(path: str | Path, data: bytes | str, error: type[HadmcError] = HadmcError) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (created if
+    needed), renamed over ``path`` once complete: a reader, or a killed run, sees the old file
+    or the new one, never half of one.
 
     :raises error: naming the file (and a full disk) when it cannot be written; the
         temporary file is removed and an existing ``path`` is left as it was
@@ -189,7 +190,9 @@ def atomic_write(path: str | Path, data: bytes | str, error: type[HadmcError] = 
     payload = data.encode() if isinstance(data, str) else bytes(data)
     fd, tmp = None, None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "wb") as handle:
             fd = None
             handle.write(payload)
@@ -206,6 +209,17 @@ def atomic_write(path: str | Path, data: bytes | str, error: type[HadmcError] = 
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | Path, obj: Any, error: type[HadmcError] = HadmcError) -> Path:
+    """Pretty JSON, written atomically."""
+    return write_atomic(path, json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n", error)
 
 
 def check_output_dir(folder: str | Path, error: type[HadmcError] = HadmcError, need_bytes: int = 1 << 20) -> Path:
@@ -230,3 +244,16 @@ def check_output_dir(folder: str | Path, error: type[HadmcError] = HadmcError, n
     if free < need_bytes:
         raise error(f"output folder {p} has {free // 1024} KiB free, less than the {need_bytes // 1024} KiB needed")
     return p
+
+
+__all__ = [
+    "check_output_dir",
+    "finite_number",
+    "check_user_file",
+    "load_mapping",
+    "parse_json_strict",
+    "parse_yaml_strict",
+    "read_user_text",
+    "write_atomic",
+    "write_json",
+]

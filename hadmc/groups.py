@@ -351,19 +351,20 @@ def node_owners(onnx_bytes: bytes, groups: Sequence[LayerGroup]) -> dict[str, st
 _RUNTIME_SUFFIXES = ("_nchwc", "_kernel_time", "_fence_before", "_fence_after")
 
 
-def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float], onnx_bytes: bytes | None = None) -> list[LayerGroup]:
-    """Attach measured latency shares (from ONNX Runtime's per-node profile) to the groups.
+#: Key of `group_latency_ms` for time spent in nodes of no group (input casts, the runtime's own nodes).
+OTHER = "_other"
 
-    Nodes that belong to no group count in the total, so the shares say which fraction of the
-    whole inference each group's layers take. With the exported graph (`onnx_bytes`), fused
-    and renamed runtime nodes are traced back to the layer that feeds them.
+
+def group_latency_ms(groups: Sequence[LayerGroup], node_ms: dict[str, float], onnx_bytes: bytes | None = None) -> dict[str, float]:
+    """Milliseconds per group from ONNX Runtime's per-node profile (`OTHER` for the rest).
+
+    With the exported graph (`onnx_bytes`), fused and renamed runtime nodes are traced back
+    to the layer that feeds them.
     """
-    total = sum(node_ms.values())
-    if total <= 0:
-        return list(groups)
     owners = node_owners(onnx_bytes, groups) if onnx_bytes is not None else {}
     owner = {m: g.name for g in groups for m in g.modules}
     per_group = {g.name: 0.0 for g in groups}
+    per_group[OTHER] = 0.0
     known = _prefixes(owner)
     for node, ms in node_ms.items():
         name = node
@@ -373,6 +374,18 @@ def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float],
         if group is None:
             hits = module_candidates(name, known) & owner.keys()
             group = owner[max(hits, key=len)] if hits else None
-        if group is not None:
-            per_group[group] += ms
+        per_group[group if group is not None else OTHER] += ms
+    return per_group
+
+
+def with_latency_shares(groups: Sequence[LayerGroup], node_ms: dict[str, float], onnx_bytes: bytes | None = None) -> list[LayerGroup]:
+    """Attach measured latency shares (from ONNX Runtime's per-node profile) to the groups.
+
+    Nodes that belong to no group count in the total, so the shares say which fraction of the
+    whole inference each group's layers take.
+    """
+    total = sum(node_ms.values())
+    if total <= 0:
+        return list(groups)
+    per_group = group_latency_ms(groups, node_ms, onnx_bytes)
     return [replace(g, latency_share=per_group[g.name] / total) for g in groups]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .files import atomic_write, check_user_file
+from .files import write_atomic, check_user_file
 
 if TYPE_CHECKING:
     from .data import DataBundle
@@ -255,7 +255,8 @@ def pretrain_default(
     :param epochs: training epochs; default ``DEFAULT_EPOCHS``
     :param seed: seeds the data split, the initialisation and the batch order
     :param out: directory to write into; default ``cache_dir()``
-    :param progress: called after every epoch with the ``train_classifier`` progress dict
+    :param progress: called after every epoch with the ``train_classifier`` progress dict and
+        ``val_accuracy`` (accuracy on the validation split after that epoch)
     :return: (weights path, meta dict)
     """
     weights_path, _ = default_model_paths(out)
@@ -285,7 +286,7 @@ def _pretrain_unlocked(
             epochs=epochs,
             lr=DEFAULT_LR,
             seed=seed,
-            progress=progress,
+            progress=None if progress is None else _with_val_accuracy(progress, model, data),
         )
         val_acc = evaluate_accuracy(model, data.loader("val", batch_size=256))
         test_acc = evaluate_accuracy(model, data.loader("test", batch_size=256))
@@ -314,9 +315,18 @@ def _pretrain_unlocked(
     tmp_weights = weights_path.with_suffix(".safetensors.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_weights))
     os.replace(tmp_weights, weights_path)  # weights first: the meta file marks a complete cache
-    atomic_write(meta_path, json.dumps(meta, indent=2) + "\n", ModelError)
+    write_atomic(meta_path, json.dumps(meta, indent=2) + "\n", ModelError)
     logger.info("default model: test accuracy %.4f after %d epochs in %.1f s -> %s", test_acc, epochs, seconds, weights_path)
     return weights_path, meta
+
+
+def _with_val_accuracy(progress: Callable[[dict], None], model: nn.Module, data) -> Callable[[dict], None]:
+    from .training import evaluate_accuracy
+
+    def report(info: dict) -> None:
+        progress({**info, "val_accuracy": evaluate_accuracy(model, data.loader("val", batch_size=256))})
+
+    return report
 
 
 def _load_cached_default(weights_path: Path, meta_path: Path) -> tuple[nn.Module, dict] | None:
@@ -337,13 +347,17 @@ def _load_cached_default(weights_path: Path, meta_path: Path) -> tuple[nn.Module
 
 
 def load_default_model(
-    *, train_if_missing: bool = True, on_train: Callable[[str], None] | None = None
+    *,
+    train_if_missing: bool = True,
+    on_train: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load the cached embedded default model, training it first if the cache has none.
 
     :param train_if_missing: train (about a minute or two on 2 CPU cores) when not cached;
         otherwise raise ``ModelError``
     :param on_train: told, before training starts, what is happening and where it goes
+    :param on_epoch: told after every training epoch (epoch, epochs, seconds, val_accuracy)
     :return: (model in eval mode, meta dict)
     """
     weights_path, meta_path = default_model_paths()
@@ -363,7 +377,7 @@ def load_default_model(
         logger.info(message)
         if on_train is not None:
             on_train(message)
-        _pretrain_unlocked(epochs=None, seed=0, out=None, progress=None)
+        _pretrain_unlocked(epochs=None, seed=0, out=None, progress=on_epoch)
         loaded = _load_cached_default(weights_path, meta_path)
     if loaded is None:  # pragma: no cover - pretrain_default always writes both files
         raise ModelError(f"training the default model did not leave {weights_path}")

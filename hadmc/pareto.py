@@ -152,8 +152,9 @@ class ParetoArchive:
         return True
 
     def add_evaluation(self, evaluation: Evaluation) -> bool:
-        """Offer a successful evaluation; failed ones never enter the front."""
-        if not evaluation.ok:
+        """Offer a successful evaluation; failed ones, and ones that skipped part of the
+        pipeline (a missed hard constraint), never enter the front."""
+        if not evaluation.complete:
             return False
         return self.add(evaluation.plan_key, evaluation.objectives())
 

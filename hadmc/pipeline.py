@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -56,6 +57,7 @@ class CompressedModel:
     excluded_nodes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     recovery: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
     @property
     def model_bytes(self) -> int:
@@ -63,14 +65,9 @@ class CompressedModel:
 
     def save(self, path: str | Path) -> Path:
         """Write the exported ONNX artifact, atomically (never a truncated file)."""
-        from .files import atomic_write
+        from .files import write_atomic
 
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PipelineError(f"cannot create {path.parent}: {exc.strerror}") from None
-        return atomic_write(path, self.onnx_bytes, PipelineError)
+        return write_atomic(path, self.onnx_bytes, PipelineError)
 
 
 # -- measuring the PyTorch model ----------------------------------------------------------
@@ -161,6 +158,78 @@ def trainable_parameters(model: nn.Module, scope: str, example_inputs: torch.Ten
     return [p for n in order[-keep:] for p in mods[n].parameters(recurse=False)]
 
 
+class _WithTeacherLogits(torch.utils.data.Dataset):
+    """(image, label, teacher logits) by index: the teacher's forward pass done once per run."""
+
+    def __init__(self, dataset, logits: torch.Tensor):
+        if len(dataset) != len(logits):
+            raise PipelineError(f"teacher logits cover {len(logits)} images but the training split has {len(dataset)}")
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i][:2]
+        return x, y, self.logits[i]
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's logits for every image of `dataset`, in index order (eval mode).
+
+    Valid for every recovery of a run as long as the training images are not augmented (the
+    same index always yields the same tensor); `DataBundle.train_augmented` says so.
+    """
+    from torch.utils.data import DataLoader
+
+    teacher.eval()
+    out = [teacher(x) for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
+    """Re-estimate BatchNorm running statistics by forward passes (cumulative average over
+    `batches`); returns the number of BatchNorm layers reset.
+
+    Pruning changes what each BN layer sees and a short recovery leaves the running averages
+    of the pre-pruning network mixed in; measured on the embedded default, heavily pruned plans
+    read chance accuracy after one recovery epoch without this and 47-96% with it.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or not batches:
+        return 0
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    model.eval()
+    return len(norms)
+
+
+def recalibration_batches(data, n_images: int = 256, batch_size: int = 64) -> list[torch.Tensor]:
+    """A fixed, seeded sample of training images for `recalibrate_batchnorm`."""
+    return [torch.from_numpy(b) for b in data.calibration_batches(n_batches=max(1, n_images // batch_size), batch_size=batch_size)]
+
+
+def recovery_steps(plan: CompressionPlan, data, batch_size: int, max_train_batches: int | None = None) -> int:
+    """Optimizer steps of the plan's full recovery budget (epochs x batches per epoch)."""
+    per_epoch = math.ceil(len(data.train) / batch_size)
+    if max_train_batches:
+        per_epoch = min(per_epoch, max_train_batches)
+    return plan.update.budget * per_epoch
+
+
 def recover(
     student: nn.Module,
     teacher: nn.Module,
@@ -170,31 +239,57 @@ def recover(
     lr: float = 0.01,
     batch_size: int = 64,
     max_train_batches: int | None = None,
+    max_steps: int | None = None,
+    logits: torch.Tensor | None = None,
+    bn_recalibration: bool = False,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Knowledge-distilled fine-tuning: `(1-alpha)*CE + alpha*T^2*KL(teacher || student)` (Hinton et al.)."""
+    """Knowledge-distilled fine-tuning: `(1-alpha)*CE + alpha*T^2*KL(teacher || student)` (Hinton et al.).
+
+    :param max_train_batches: cap on batches per epoch (quick runs and tests)
+    :param max_steps: cap on optimizer steps over the whole budget (a search fidelity below
+        the plan's own budget); the learning-rate schedule spans the steps actually run
+    :param logits: the teacher's logits on the training split in index order (`teacher_logits`),
+        so the teacher is not run again at every step
+    :param bn_recalibration: re-estimate BatchNorm statistics after training (or, without
+        training, right away: training in train mode uses batch statistics, so estimating them
+        before it would be wasted)
+    """
     from .training import train_classifier
 
-    budget = plan.update.budget
-    if budget == 0:
-        return {"epochs": 0, "seconds": 0.0}
+    full = recovery_steps(plan, data, batch_size, max_train_batches)
+    steps = full if max_steps is None else min(full, max_steps)
+    recal = recalibration_batches(data, batch_size=batch_size) if bn_recalibration else []
+    if steps == 0:
+        t = time.perf_counter()
+        if recal:
+            recalibrate_batchnorm(student, recal)
+        return {"epochs": 0, "steps": 0, "full_steps": full, "seconds": time.perf_counter() - t, "bn_recalibrated": bool(recal)}
     params = trainable_parameters(student, plan.update.scope, data.example_input())
+    dataset = data.split("train") if logits is None else _WithTeacherLogits(data.split("train"), logits)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(data.seed)
+    )
+    per_epoch = len(loader) if not max_train_batches else min(len(loader), max_train_batches)
     result = train_classifier(
         student,
-        data.loader("train", batch_size=batch_size),
-        epochs=budget,
+        loader,
+        epochs=math.ceil(steps / per_epoch),
         lr=lr,
-        teacher=teacher.eval(),
+        teacher=teacher.eval() if logits is None else None,
         temperature=plan.distill.temperature,
         alpha=plan.distill.alpha,
         params=params,
-        max_steps=max_train_batches * budget if max_train_batches else None,
+        max_steps=steps,
+        max_batches_per_epoch=max_train_batches,
         seed=seed,
         progress=progress,
     )
+    if recal:
+        recalibrate_batchnorm(student, recal)
     student.eval()
-    return {"epochs": budget, **result}
+    return {"epochs": plan.update.budget, "full_steps": full, "bn_recalibrated": bool(recal), **result}
 
 
 # -- 3. folding ---------------------------------------------------------------------------
@@ -300,10 +395,47 @@ class _CalibrationReader:
         return next(self._it, None)
 
 
-def quantization_types(device_spec=None) -> tuple[str, str]:
-    """(activation, weight) INT8 types for a target: U8S8 on x86 CPUs, S8S8 on GPUs/TensorRT."""
-    kind = getattr(device_spec, "kind", "cpu") if device_spec is not None else "cpu"
-    return ("QInt8", "QInt8") if kind in ("gpu", "edge-gpu") else ("QUInt8", "QInt8")
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How ONNX Runtime static INT8 quantization is run for a target (recorded with each evaluation).
+
+    :param activation: activation type (``QUInt8`` or ``QInt8``)
+    :param weight: weight type
+    :param reduce_range: weights use 7 bits; x86 CPUs without VNNI saturate in ONNX Runtime's
+        U8S8 kernels otherwise (measured: 4.8 points lost on a test fixture, none with it)
+    :param per_channel: per-output-channel weight scales
+    :param format: ``QDQ`` (QuantizeLinear/DequantizeLinear pairs the runtime fuses)
+    """
+
+    activation: str
+    weight: str
+    reduce_range: bool
+    per_channel: bool = True
+    format: str = "QDQ"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "activation": self.activation,
+            "weight": self.weight,
+            "reduce_range": self.reduce_range,
+            "per_channel": self.per_channel,
+            "format": self.format,
+            "name": ("S8S8" if self.activation == "QInt8" else "U8S8") + ("+reduce_range" if self.reduce_range else ""),
+        }
+
+
+def quantization_recipe(device_spec=None) -> QuantRecipe:
+    """The INT8 recipe for a target: S8S8 on GPUs/TensorRT; U8S8 on x86 CPUs, with 7-bit
+    weights (``reduce_range``) where the CPU lacks VNNI, as ONNX Runtime's documentation
+    advises. ``None`` means this machine (its ISA is detected)."""
+    if device_spec is None:
+        from .hal import detect_local
+
+        device_spec = detect_local()
+    kind = getattr(device_spec, "kind", "cpu")
+    if kind in ("gpu", "edge-gpu"):
+        return QuantRecipe("QInt8", "QInt8", reduce_range=False)
+    return QuantRecipe("QUInt8", "QInt8", reduce_range=not bool(getattr(device_spec, "vnni", False)))
 
 
 def quantize_int8(
@@ -313,15 +445,18 @@ def quantize_int8(
     calibration: Sequence[np.ndarray],
     *,
     device_spec=None,
+    recipe: QuantRecipe | None = None,
 ) -> tuple[bytes, int, list[str]]:
     """Static INT8 QDQ quantization of the nodes of `int8_groups`; all other nodes stay float.
 
+    :param recipe: the quantization recipe (default: `quantization_recipe(device_spec)`)
     Returns (bytes, number of QuantizeLinear nodes, excluded node names).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    act, wt = quantization_types(device_spec)
+    recipe = recipe or quantization_recipe(device_spec)
+    act, wt = recipe.activation, recipe.weight
     with tempfile.TemporaryDirectory(prefix="hadmc-q-") as tmp:
         src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(onnx_bytes)
@@ -341,7 +476,8 @@ def quantize_int8(
                 str(out),
                 _CalibrationReader(calibration, model.graph.input[0].name),
                 quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
                 activation_type=getattr(QuantType, act),
                 weight_type=getattr(QuantType, wt),
                 nodes_to_exclude=keep_float,
@@ -451,6 +587,114 @@ def resolve_plan(plan: CompressionPlan, groups: Sequence[LayerGroup]) -> Compres
 
 
 
+def pruned_copy(
+    model: nn.Module,
+    plan: CompressionPlan,
+    groups: Sequence[LayerGroup],
+    data,
+    *,
+    importance: str = "l1",
+    round_to: int | None = None,
+) -> nn.Module:
+    """A pruned copy of `model` (the original is untouched); checks the result still runs."""
+    example = data.example_input()
+    student = copy.deepcopy(model).eval()
+    calib_xy = []
+    if importance == "taylor":
+        loader = data.loader("train", batch_size=32, shuffle=False)
+        calib_xy = [b[:2] for _, b in zip(range(4), loader)]
+    prune(student, plan, groups, example, importance=importance, round_to=round_to, calibration=calib_xy)
+    try:
+        with torch.no_grad():
+            student.eval()(example)
+    except Exception as exc:
+        pruned = sorted(n for n, d in plan.groups.items() if d.prune_ratio > 0)
+        raise PipelineError(
+            f"after pruning groups {pruned[:6]}{' ...' if len(pruned) > 6 else ''} the model no longer runs "
+            f"({type(exc).__name__}: {exc}); a layer depends on a fixed channel count (e.g. a hard-coded "
+            "reshape): keep prune_ratio 0 for the groups that feed it"
+        ) from exc
+    return student
+
+
+@dataclass
+class Artifact:
+    """An exported (and possibly quantized) ONNX artifact of a student model."""
+
+    onnx_bytes: bytes
+    macs: int
+    params: int
+    int8_nodes: int = 0
+    excluded_nodes: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def export_artifact(
+    student: nn.Module,
+    plan: CompressionPlan,
+    groups: Sequence[LayerGroup],
+    data,
+    device_spec=None,
+    *,
+    calibration_batches: int = 8,
+) -> Artifact:
+    """Fold, export and quantize a copy of `student` by the plan's fusion and precision
+    decisions (the student itself is untouched, so one student serves several plans)."""
+    example = data.example_input()
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    student = copy.deepcopy(student).eval()
+    macs, params = count_macs_params(student, example)
+    fold_batchnorm(student, plan, groups, example)
+    keep_bn = any(d.fusion == "none" for d in plan.groups.values())
+    onnx_bytes = export_onnx(student, example, keep_batchnorm=keep_bn)
+    timings["export_s"] = time.perf_counter() - t
+
+    int8 = {n for n, d in plan.groups.items() if d.precision == "int8"}
+    fp16 = {n for n, d in plan.groups.items() if d.precision == "fp16"}
+    n_q, excluded, recipe = 0, [], None
+    t = time.perf_counter()
+    # fp16 first: the float16 converter cannot follow Q/DQ pairs, while the INT8 quantizer
+    # leaves the (excluded) fp16 nodes alone.
+    if fp16:
+        onnx_bytes = convert_fp16(onnx_bytes, fp16, groups)
+    if int8:
+        recipe = quantization_recipe(device_spec)
+        calib = data.calibration_batches(n_batches=calibration_batches)
+        onnx_bytes, n_q, excluded = quantize_int8(onnx_bytes, int8, groups, calib, recipe=recipe)
+    timings["quantize_s"] = time.perf_counter() - t
+    return Artifact(onnx_bytes, macs, params, n_q, excluded, recipe.as_dict() if recipe else None, timings)
+
+
+def check_precisions(plan: CompressionPlan, device_spec) -> None:
+    """Refuse precisions the target cannot run."""
+    supported = set(getattr(device_spec, "precisions", None) or ("fp32", "int8"))
+    unsupported = plan.precisions() - supported
+    if unsupported:
+        raise PlanError(
+            f"plan asks for {sorted(unsupported)} but the target supports only {sorted(supported)}; "
+            "change the groups' precision"
+        )
+
+
+def artifact_accuracy(
+    onnx_bytes: bytes,
+    data,
+    split: str = "test",
+    *,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    runner: Callable[[bytes], Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> float:
+    """Top-1 of an exported artifact on one split, run in the target runtime (`runner`) or ONNX Runtime."""
+    run = runner(onnx_bytes) if runner else None
+    loader = data.loader(split, batch_size=batch_size)
+    if max_batches:
+        loader = [b for _, b in zip(range(max_batches), loader)]
+    return onnx_accuracy(onnx_bytes, loader, run=run)
+
+
 def apply_plan(
     model: nn.Module,
     plan: CompressionPlan,
@@ -466,7 +710,9 @@ def apply_plan(
     max_train_batches: int | None = None,
     max_eval_batches: int | None = None,
     calibration_batches: int = 8,
+    bn_recalibration: bool = False,
     measure_accuracy: bool = True,
+    accuracy_split: str = "test",
     accuracy_runner: Callable[[bytes], Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
     progress: Callable[[str, dict], None] | None = None,
@@ -476,7 +722,7 @@ def apply_plan(
     :param model: the pretrained classifier (also the distillation teacher unless `teacher` is given)
     :param plan: the compression plan; groups it does not name get `plan.default`
     :param data: a `hadmc.data.DataBundle` (train split for recovery and calibration, test for accuracy)
-    :param device_spec: the target's DeviceSpec (supported precisions, quantization types); None = x86 CPU
+    :param device_spec: the target's DeviceSpec (supported precisions, INT8 recipe); None = this machine
     :param groups: precomputed `layer_groups(model, ...)` (derived when None)
     :param importance: channel importance for pruning: "l1" or "taylor"
     :param round_to: channel-count alignment after pruning
@@ -485,7 +731,9 @@ def apply_plan(
     :param max_train_batches: cap on recovery batches per epoch (quick runs and tests)
     :param max_eval_batches: cap on accuracy batches (tests only; reported runs use the whole split)
     :param calibration_batches: training batches used to calibrate INT8 activation ranges
-    :param measure_accuracy: measure top-1 of the exported artifact on the test split
+    :param bn_recalibration: re-estimate BatchNorm statistics after pruning and after recovery
+    :param measure_accuracy: measure top-1 of the exported artifact
+    :param accuracy_split: the split accuracy is measured on (``test``; ``val`` while searching)
     :param accuracy_runner: builds a batch -> logits function for the artifact in the target
         runtime (e.g. a HAL probe's session); default: ONNX Runtime CPU
     :param seed: seed of recovery fine-tuning
@@ -493,90 +741,49 @@ def apply_plan(
     """
     timings: dict[str, float] = {}
     say = progress or (lambda stage, info: None)
-    example = data.example_input()
-    groups = list(groups) if groups is not None else layer_groups(model, example)
+    groups = list(groups) if groups is not None else layer_groups(model, data.example_input())
     plan = resolve_plan(plan, groups)
-    supported = set(getattr(device_spec, "precisions", None) or ("fp32", "int8"))
-    unsupported = plan.precisions() - supported
-    if unsupported:
-        raise PlanError(
-            f"plan asks for {sorted(unsupported)} but the target supports only {sorted(supported)}; "
-            "change the groups' precision"
-        )
+    check_precisions(plan, device_spec)
 
     t = time.perf_counter()
-    student = copy.deepcopy(model).eval()
-    calib_xy = []
-    if importance == "taylor":
-        loader = data.loader("train", batch_size=32, shuffle=False)
-        calib_xy = [b for _, b in zip(range(4), loader)]
-    prune(student, plan, groups, example, importance=importance, round_to=round_to, calibration=calib_xy)
-    try:
-        with torch.no_grad():
-            student.eval()(example)
-    except Exception as exc:
-        pruned = sorted(n for n, d in plan.groups.items() if d.prune_ratio > 0)
-        raise PipelineError(
-            f"after pruning groups {pruned[:6]}{' ...' if len(pruned) > 6 else ''} the model no longer runs "
-            f"({type(exc).__name__}: {exc}); a layer depends on a fixed channel count (e.g. a hard-coded "
-            "reshape): keep prune_ratio 0 for the groups that feed it"
-        ) from exc
+    student = pruned_copy(model, plan, groups, data, importance=importance, round_to=round_to)
     timings["prune_s"] = time.perf_counter() - t
     say("prune", {"seconds": timings["prune_s"]})
 
     t = time.perf_counter()
     recovery = recover(
-        student, teacher or model, plan, data, lr=recovery_lr, batch_size=batch_size, max_train_batches=max_train_batches, seed=seed
-    )
+        student, teacher or model, plan, data, lr=recovery_lr, batch_size=batch_size,
+        max_train_batches=max_train_batches, bn_recalibration=bn_recalibration, seed=seed,
+    )  # fmt: skip
     timings["recover_s"] = time.perf_counter() - t
     say("recover", recovery)
 
-    macs, params = count_macs_params(student, example)
-    t = time.perf_counter()
-    fold_batchnorm(student, plan, groups, example)
-    keep_bn = any(d.fusion == "none" for d in plan.groups.values())
-    onnx_bytes = export_onnx(student, example, keep_batchnorm=keep_bn)
-    timings["export_s"] = time.perf_counter() - t
-    say("export", {"bytes": len(onnx_bytes)})
-
-    int8 = {n for n, d in plan.groups.items() if d.precision == "int8"}
-    fp16 = {n for n, d in plan.groups.items() if d.precision == "fp16"}
-    n_q, excluded = 0, []
-    t = time.perf_counter()
-    # fp16 first: the float16 converter cannot follow Q/DQ pairs, while the INT8 quantizer
-    # leaves the (excluded) fp16 nodes alone.
-    if fp16:
-        onnx_bytes = convert_fp16(onnx_bytes, fp16, groups)
-    if int8:
-        calib = data.calibration_batches(n_batches=calibration_batches)
-        onnx_bytes, n_q, excluded = quantize_int8(onnx_bytes, int8, groups, calib, device_spec=device_spec)
-    timings["quantize_s"] = time.perf_counter() - t
-    if int8 or fp16:
-        say("quantize", {"int8_nodes": n_q, "excluded": len(excluded)})
+    art = export_artifact(student, plan, groups, data, device_spec, calibration_batches=calibration_batches)
+    timings.update(art.timings)
+    say("export", {"bytes": len(art.onnx_bytes), "int8_nodes": art.int8_nodes})
 
     accuracy = None
     if measure_accuracy:
         t = time.perf_counter()
-        run = accuracy_runner(onnx_bytes) if accuracy_runner else None
-        loader = data.loader("test", batch_size=batch_size)
-        if max_eval_batches:
-            loader = [b for _, b in zip(range(max_eval_batches), loader)]
-        accuracy = onnx_accuracy(onnx_bytes, loader, run=run)
+        accuracy = artifact_accuracy(
+            art.onnx_bytes, data, accuracy_split, batch_size=batch_size, max_batches=max_eval_batches, runner=accuracy_runner
+        )
         timings["accuracy_s"] = time.perf_counter() - t
         say("accuracy", {"accuracy": accuracy})
 
     return CompressedModel(
         model=student,
-        onnx_bytes=onnx_bytes,
+        onnx_bytes=art.onnx_bytes,
         plan=plan,
         groups=groups,
-        input_shape=tuple(example.shape),
+        input_shape=tuple(data.example_input().shape),
         accuracy=accuracy,
-        macs=macs,
-        params=params,
-        quantized=bool(int8),
-        int8_nodes=n_q,
-        excluded_nodes=excluded,
+        macs=art.macs,
+        params=art.params,
+        quantized=art.int8_nodes > 0,
+        int8_nodes=art.int8_nodes,
+        excluded_nodes=art.excluded_nodes,
         timings=timings,
         recovery=recovery,
+        quantization=art.quantization,
     )

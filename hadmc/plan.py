@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import PlanError
-from .files import atomic_write, parse_json_strict, read_user_text
+from .files import write_atomic, parse_json_strict, read_user_text
 from .validation import StrictModel
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -114,7 +114,7 @@ class CompressionPlan(_Strict):
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically (a reader never sees half a plan)."""
-        return atomic_write(path, json.dumps(self.model_dump(mode="json"), indent=1) + "\n", PlanError)
+        return write_atomic(path, json.dumps(self.model_dump(mode="json"), indent=1) + "\n", PlanError)
 
     # -- use ---------------------------------------------------------------------------
     def decision_for(self, group_name: str) -> GroupDecision:

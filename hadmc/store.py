@@ -6,11 +6,16 @@ up where it stopped: `open_run` with an existing name resumes that run, `load_ar
 rebuilds its Pareto archive from the stored evaluations.
 
 Evaluations are keyed by (plan key, context): the plan's canonical SHA-256 and a key of
-everything else that changes the figures (model, data, device, probe settings; see
+everything else that changes the figures (model, data, device, probe settings, phase; see
 `RunConfig.evaluation_context`). `lookup` returns the earlier successful Evaluation so an
 identical plan is never applied twice. Failed evaluations are stored too (one row per
-attempt, with the error) but are not cache hits, so a transient fault (a probe that was down)
-does not condemn a plan forever.
+attempt, with the error); they are not cache hits across runs, so a transient fault (a probe
+that was down) does not condemn a plan forever, while `lookup_failure` lets one run answer a
+plan that already failed in it without trying again.
+
+Each evaluation has a phase (``search``: validation split, search fidelity; ``final``: test
+split, full fidelity); the Pareto rows and the hypervolume history are kept per phase.
+`run_meta` holds per-run facts (searcher, wall time, predicted episodes, checkpoints).
 
 The HAL's measurement cache keeps its own ``hal_*`` tables in the same file; this module
 never touches them.
@@ -34,7 +39,7 @@ from .pareto import ParetoArchive
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +56,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     plan_key TEXT NOT NULL,
     context TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL DEFAULT 'final',
     plan_json TEXT NOT NULL,
     evaluation_json TEXT NOT NULL,
     accuracy REAL, latency_ms REAL, energy_mj REAL, model_bytes INTEGER,
@@ -64,16 +70,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS evaluations_ok_key
 CREATE INDEX IF NOT EXISTS evaluations_run ON evaluations(run_id, id);
 CREATE TABLE IF NOT EXISTS pareto (
     run_id INTEGER NOT NULL REFERENCES runs(id),
+    phase TEXT NOT NULL DEFAULT 'final',
     plan_key TEXT NOT NULL,
     accuracy REAL, latency_ms REAL, energy_mj REAL, model_bytes INTEGER,
-    PRIMARY KEY (run_id, plan_key)
+    PRIMARY KEY (run_id, phase, plan_key)
 );
 CREATE TABLE IF NOT EXISTS hypervolume (
     run_id INTEGER NOT NULL REFERENCES runs(id),
+    phase TEXT NOT NULL DEFAULT 'final',
     n_evaluations INTEGER NOT NULL,
     value REAL,
     created REAL NOT NULL,
-    PRIMARY KEY (run_id, n_evaluations)
+    PRIMARY KEY (run_id, phase, n_evaluations)
+);
+CREATE TABLE IF NOT EXISTS run_meta (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
 );
 """
 
@@ -194,12 +208,13 @@ class RunStore:
             ).fetchone():
                 return False
             cur.execute(
-                "INSERT INTO evaluations(run_id, plan_key, context, plan_json, evaluation_json, accuracy, latency_ms,"
-                " energy_mj, model_bytes, reward, error, wall_s, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO evaluations(run_id, plan_key, context, phase, plan_json, evaluation_json, accuracy, latency_ms,"
+                " energy_mj, model_bytes, reward, error, wall_s, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     evaluation.plan_key,
                     context,
+                    evaluation.phase,
                     json.dumps(evaluation.plan, sort_keys=True),
                     evaluation.model_dump_json(),
                     evaluation.accuracy,
@@ -213,33 +228,72 @@ class RunStore:
                 ),
             )
             if archive is not None and archive.add_evaluation(evaluation):
-                self._write_front(cur, run_id, archive, now)
+                self._write_front(cur, run_id, evaluation.phase, archive, now)
             cur.execute("UPDATE runs SET updated=? WHERE id=?", (now, run_id))
         return True
 
-    def _write_front(self, cur: sqlite3.Cursor, run_id: int, archive: ParetoArchive, now: float) -> None:
-        cur.execute("DELETE FROM pareto WHERE run_id=?", (run_id,))
+    def _write_front(self, cur: sqlite3.Cursor, run_id: int, phase: str, archive: ParetoArchive, now: float) -> None:
+        cur.execute("DELETE FROM pareto WHERE run_id=? AND phase=?", (run_id, phase))
         cur.executemany(
-            "INSERT INTO pareto(run_id, plan_key, accuracy, latency_ms, energy_mj, model_bytes) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO pareto(run_id, phase, plan_key, accuracy, latency_ms, energy_mj, model_bytes) VALUES (?,?,?,?,?,?,?)",
             [
-                (run_id, p.plan_key, p.values.get("accuracy"), p.values.get("latency_ms"), p.values.get("energy_mj"),
+                (run_id, phase, p.plan_key, p.values.get("accuracy"), p.values.get("latency_ms"), p.values.get("energy_mj"),
                  None if p.values.get("model_bytes") is None else int(p.values["model_bytes"]))
                 for p in archive.points
             ],
         )
-        n = cur.execute("SELECT COUNT(*) FROM evaluations WHERE run_id=? AND error IS NULL", (run_id,)).fetchone()[0]
+        # n counts distinct plans evaluated in this phase so far (failed ones included): the
+        # searchers' budget, so curves of different searchers share one x axis.
+        n = cur.execute(
+            "SELECT COUNT(DISTINCT plan_key) FROM evaluations WHERE run_id=? AND phase=?", (run_id, phase)
+        ).fetchone()[0]
         cur.execute(
-            "INSERT OR REPLACE INTO hypervolume(run_id, n_evaluations, value, created) VALUES (?,?,?,?)",
-            (run_id, n, archive.hypervolume(), now),
+            "INSERT OR REPLACE INTO hypervolume(run_id, phase, n_evaluations, value, created) VALUES (?,?,?,?,?)",
+            (run_id, phase, n, archive.hypervolume(), now),
         )
 
-    def evaluations(self, run_id: int | None = None, *, include_errors: bool = True) -> list[Evaluation]:
-        """Stored evaluations in arrival order (all runs when `run_id` is None)."""
+    def lookup_failure(self, plan_key: str, context: str, run_id: int) -> Evaluation | None:
+        """The last failed attempt of this plan in this run and context, if it never succeeded."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT evaluation_json FROM evaluations WHERE plan_key=? AND context=? AND run_id=? AND error IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (plan_key, context, run_id),
+            ).fetchone()
+        return None if row is None else Evaluation.model_validate_json(row[0])
+
+    def distinct_plans(self, run_id: int, context: str) -> int:
+        """Distinct plans this run evaluated in this context, failed ones included (a searcher's budget)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(DISTINCT plan_key) FROM evaluations WHERE run_id=? AND context=?", (run_id, context)
+            ).fetchone()
+        return int(row[0])
+
+    def rewards(self, run_id: int, context: str) -> dict[str, float]:
+        """Plan key -> stored reward of this run's evaluations in this context."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT plan_key, reward FROM evaluations WHERE run_id=? AND context=? AND reward IS NOT NULL ORDER BY id",
+                (run_id, context),
+            ).fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
+    def evaluations(
+        self, run_id: int | None = None, *, include_errors: bool = True, phase: str | None = None, context: str | None = None
+    ) -> list[Evaluation]:
+        """Stored evaluations in arrival order (all runs when `run_id` is None), optionally of one phase or context."""
         sql = "SELECT evaluation_json FROM evaluations"
         cond, args = [], []
         if run_id is not None:
             cond.append("run_id=?")
             args.append(run_id)
+        if phase is not None:
+            cond.append("phase=?")
+            args.append(phase)
+        if context is not None:
+            cond.append("context=?")
+            args.append(context)
         if not include_errors:
             cond.append("error IS NULL")
         if cond:
@@ -259,17 +313,21 @@ class RunStore:
             return int(self._conn.execute(sql, args).fetchone()[0])
 
     # -- Pareto -------------------------------------------------------------------------
-    def pareto_keys(self, run_id: int) -> list[str]:
+    def pareto_keys(self, run_id: int, phase: str | None = None) -> list[str]:
+        sql, args = "SELECT plan_key FROM pareto WHERE run_id=?", [run_id]
+        if phase is not None:
+            sql, args = sql + " AND phase=?", [run_id, phase]
         with self._lock:
-            rows = self._conn.execute("SELECT plan_key FROM pareto WHERE run_id=? ORDER BY plan_key", (run_id,)).fetchall()
+            rows = self._conn.execute(sql + " ORDER BY plan_key", args).fetchall()
         return [r[0] for r in rows]
 
-    def hypervolume_history(self, run_id: int) -> list[tuple[int, float | None]]:
-        """(successful evaluations so far, hypervolume) each time the front changed."""
+    def hypervolume_history(self, run_id: int, phase: str | None = None) -> list[tuple[int, float | None]]:
+        """(distinct plans evaluated so far, hypervolume) each time the front changed."""
+        sql, args = "SELECT n_evaluations, value FROM hypervolume WHERE run_id=?", [run_id]
+        if phase is not None:
+            sql, args = sql + " AND phase=?", [run_id, phase]
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT n_evaluations, value FROM hypervolume WHERE run_id=? ORDER BY n_evaluations", (run_id,)
-            ).fetchall()
+            rows = self._conn.execute(sql + " ORDER BY n_evaluations", args).fetchall()
         return [(int(r[0]), r[1]) for r in rows]
 
     def load_archive(
@@ -277,12 +335,40 @@ class RunStore:
         run_id: int,
         reference: Mapping[str, float] | None = None,
         scale: Mapping[str, float] | None = None,
+        phase: str | None = None,
+        context: str | None = None,
     ) -> ParetoArchive:
         """Rebuild the run's Pareto archive from its successful evaluations (resume)."""
         archive = ParetoArchive(reference=reference, scale=scale)
-        for ev in self.evaluations(run_id, include_errors=False):
+        for ev in self.evaluations(run_id, include_errors=False, phase=phase, context=context):
             archive.add_evaluation(ev)
         return archive
+
+    # -- per-run facts ------------------------------------------------------------------
+    def set_meta(self, run_id: int, **values: Any) -> None:
+        """Store JSON-serialisable facts about a run (one transaction)."""
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT OR REPLACE INTO run_meta(run_id, key, value) VALUES (?,?,?)",
+                [(run_id, k, json.dumps(v, default=str)) for k, v in values.items()],
+            )
+
+    def meta(self, run_id: int) -> dict[str, Any]:
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM run_meta WHERE run_id=?", (run_id,)).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def run_id(self, name: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def run_status(self, run_id: int) -> str:
+        with self._lock:
+            row = self._conn.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"run id {run_id} is not in {self.path}")
+        return str(row[0])
 
 
 __all__ = ["RunStore", "SCHEMA_VERSION"]

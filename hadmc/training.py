@@ -97,6 +97,7 @@ def train_classifier(
     alpha: float = 0.7,
     params: Iterable[nn.Parameter] | None = None,
     max_steps: int | None = None,
+    max_batches_per_epoch: int | None = None,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -105,7 +106,9 @@ def train_classifier(
     The model is left in eval mode; the requires_grad flags are restored afterwards.
 
     :param model: the classifier to train (trained on the device its parameters live on)
-    :param loader: iterable of (images, class indices) batches, e.g. ``DataBundle.loader("train")``
+    :param loader: iterable of (images, class indices) batches, e.g. ``DataBundle.loader("train")``;
+        a third entry per batch is taken as the teacher's logits for those images (computed
+        once per run), and the loss is then the distillation loss without running a teacher
     :param epochs: passes over ``loader`` (training stops earlier when ``max_steps`` is reached)
     :param lr: peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9)
     :param weight_decay: L2 weight decay
@@ -115,6 +118,7 @@ def train_classifier(
     :param params: the parameters to train; all others are frozen and the BatchNorm layers of
         frozen parts kept in eval mode. None trains every parameter
     :param max_steps: upper bound on optimizer steps across all epochs
+    :param max_batches_per_epoch: cap on batches per epoch (quick runs and tests)
     :param seed: seeds the global torch RNG inside the loop (dropout); the caller's RNG state
         is restored afterwards
     :param progress: called after every epoch with ``{"epoch", "epochs", "step", "loss", "lr",
@@ -129,6 +133,8 @@ def train_classifier(
         n_batches = len(loader)  # type: ignore[arg-type]
     except TypeError:
         n_batches = None
+    if n_batches is not None and max_batches_per_epoch:
+        n_batches = min(n_batches, max_batches_per_epoch)
     planned = epochs * n_batches if n_batches is not None else None
     if max_steps is not None:
         planned = max_steps if planned is None else min(planned, max_steps)
@@ -152,12 +158,14 @@ def train_classifier(
                 model.train()
                 _set_frozen_norms_eval(model)
                 total, count = 0.0, 0
-                for images, targets in loader:
-                    if step >= planned:
+                for i, (images, targets, *cached) in enumerate(loader):
+                    if step >= planned or (max_batches_per_epoch and i >= max_batches_per_epoch):
                         break
                     images, targets = images.to(device), targets.to(device)
                     logits = model(images)
-                    if teacher is None:
+                    if cached:
+                        loss = distillation_loss(logits, cached[0].to(device), targets, temperature, alpha)
+                    elif teacher is None:
                         loss = F.cross_entropy(logits, targets)
                     else:
                         with torch.no_grad():

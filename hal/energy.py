@@ -123,17 +123,22 @@ class PowerSampler:
 def sampled_energy(
     run_once: Callable[[], Any], read_w: Callable[[], float], window_s: float, hz: float, method: str, detail: dict[str, Any]
 ) -> EnergyResult:
-    """Run a window of back-to-back inferences while sampling power; integrate and divide."""
+    """Run a window of back-to-back inferences while sampling power; the mean power over the
+    sampled span (which brackets the window: the sampler starts before it and stops after)
+    times the window's length is the window's energy, divided by its inference count."""
     with PowerSampler(read_w, hz) as sampler:
         n, window = run_window(run_once, window_s)
-    joules = sampler.energy_j()
+    span = sampler.times[-1] - sampler.times[0] if len(sampler.times) > 1 else 0.0
+    if span <= 0:
+        raise ProbeError("power sampling recorded no time span; lengthen the window")
+    watts = sampler.energy_j() / span
     return EnergyResult(
-        mj_per_inference=joules * 1000.0 / n,
+        mj_per_inference=watts * window * 1000.0 / n,
         provenance="measured",
         method=method,
         window_s=window,
         iterations=n,
-        avg_power_w=joules / window,
+        avg_power_w=watts,
         detail={**detail, "samples": len(sampler.watts), "sample_hz": hz},
     )
 

@@ -58,6 +58,7 @@ def measure_latency_and_energy(
     input_shape: tuple[int, ...] | None = None,
     reference: Any = None,
     relative_options: dict[str, Any] | None = None,
+    measured: Measurement | None = None,
 ) -> Measurement:
     """Latency of ``model`` on ``latency_probe``, then (when ``energy_probe`` is given) its
     energy per inference from back-to-back runs in the same runtime and settings.
@@ -71,10 +72,14 @@ def measure_latency_and_energy(
         uncompressed model): the result then carries the ratio and its spread, which survive
         a busy machine where two separate medians do not
     :param relative_options: options of ``measure_relative`` (``max_spread``, ``max_rounds``...)
+    :param measured: latency already measured on an artifact of the same graph (e.g. before
+        recovery changed only its weights): reused, so only energy is measured here
     """
     t0 = time.perf_counter()
     relative = None
-    if reference is not None:
+    if measured is not None:
+        latency, relative = measured.latency, measured.relative
+    elif reference is not None:
         relative = latency_probe.measure_relative(model, reference, input_shape, **(relative_options or {}))
         latency = relative.candidate
     else:
@@ -83,4 +88,5 @@ def measure_latency_and_energy(
     energy = None
     if energy_probe is not None:
         energy = energy_probe.measure(lazy_runner(latency_probe, model, input_shape), latency)
-    return Measurement(latency, energy, relative, latency_s=t1 - t0, energy_s=time.perf_counter() - t1)
+    latency_s = measured.latency_s if measured is not None else t1 - t0
+    return Measurement(latency, energy, relative, latency_s=latency_s, energy_s=time.perf_counter() - t1)

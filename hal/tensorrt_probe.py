@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hadmc.errors import ProbeError
-from hadmc.files import atomic_write
+from hadmc.files import write_atomic
 
 from .artifact import InputSpec, graph_inputs
 from .device import DeviceSpec, detect_local
@@ -182,7 +182,7 @@ def build_engine(trt: Any, data: bytes, plan: TrtBuildPlan) -> bytes:
     if serialized is None:
         raise ProbeError("TensorRT could not build an engine for this model (see the TensorRT log above)")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())), ProbeError)
+    write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())), ProbeError)
     return bytes(serialized)
 
 

@@ -65,7 +65,7 @@ def test_real_episode_writes_a_measured_row_and_a_replay_hits_the_cache(digits_e
     assert 0.0 <= info["accuracy"] <= 1.0 and info["latency_ms"] > 0 and info["model_bytes"] > 0
     assert info["latency_ms"] < env.baseline.latency_ms
     assert env.store.count(env.run_id) == before + 1
-    row = env.store.lookup(info["plan_key"], env.context)
+    row = env.store.lookup(info["plan_key"], env.run.contexts["search"])
     assert row.latency_ms == info["latency_ms"] and row.provenance["latency_ms"] == "measured"
     # Same actions again: served from the store, nothing applied or measured.
     calls = []

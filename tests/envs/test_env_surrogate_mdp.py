@@ -64,7 +64,9 @@ def test_action_mask_names_active_heads_and_masks_unsupported_precisions(make_en
     env = make_env(3)
     _, info = env.reset()
     m = info["action_mask"]
-    assert m["heads"] == {"pruning": True, "quantization": True, "distillation": False, "fusion": True, "update": False}
+    # ort-cpu re-fuses Conv-BN-ReLU at load time: the fusion head is masked, with the reason.
+    assert m["heads"] == {"pruning": True, "quantization": True, "distillation": False, "fusion": False, "update": False}
+    assert "re-fuses" in m["reasons"]["fusion"] and m["fusion"].tolist() == [False, False, True]
     # The CPU spec offers fp32 and int8 only: fp16 is masked.
     assert m["quantization"].tolist() == [True, False, True]
     for _ in range(2):
@@ -139,7 +141,7 @@ def test_failed_plan_gives_penalty_and_error_row_and_next_episode_works(make_env
 def test_evaluator_that_raises_is_recorded_as_a_failed_plan(make_env):
     env = make_env(3)
 
-    def boom(plan):
+    def boom(plan, **kw):
         raise RuntimeError("probe down")
 
     env.evaluator.evaluate = boom

@@ -108,6 +108,7 @@ def _config(name: str) -> Callable[[Path], None]:
 
 
 EVAL = ["evaluate", "--model", "resnet18", "--image-size", "16"]
+COMPRESS = ["compress", "--config"]
 MEASURE = ["probe", "measure", "--no-energy"]
 ONNX_BAD = b"\x08\x07" + GARBAGE  # a protobuf-ish prefix, then noise
 
@@ -178,19 +179,20 @@ CASES = [
     Case("save would replace an artifact", "output", [*EVAL, "--plan", "int8", "--save", "{tmp}/out"], 2, ("int8.onnx", "--overwrite"), {"out": _folder, "out/int8.onnx": b"yesterday"}),
     Case("two plans one file name", "output", [*EVAL, "--plan", "int8", "--plan", "{tmp}/int8.json", "--save", "{tmp}/out2"], 2, ("overwrite each other", "int8.onnx"), {"int8.json": b"{}"}),
     Case("save under a file", "output", [*EVAL, "--plan", "fp32", "--save", "{tmp}/artifact.onnx/sub"], 2, ("output folder",)),
-    # -- configs (API: `hadmc compress` reads them) -----------------------------------------
-    Case("config missing", "configs", _config("none.yaml"), "ConfigError", ("config file", "does not exist")),
-    Case("config empty", "configs", _config("c.yaml"), "ConfigError", ("is empty",), {"c.yaml": b""}),
-    Case("config binary", "configs", _config("c.yaml"), "ConfigError", ("binary",), {"c.yaml": GARBAGE}),
-    Case("config a folder", "configs", _config("c.yaml"), "ConfigError", ("is a folder",), {"c.yaml": _folder}),
-    Case("config repeats a key", "configs", _config("c.yaml"), "ConfigError", ("'model' appears twice",), {"c.yaml": b"model: resnet18\nmodel: vgg11_bn\n"}),
-    Case("config infinite duration", "configs", _config("c.yaml"), "ConfigError", ("config.latency.min_seconds", "finite"), {"c.yaml": b"latency: {min_seconds: .inf}\n"}),
-    Case("config NaN duration", "configs", _config("c.yaml"), "ConfigError", ("config.energy.window_s", "finite"), {"c.yaml": b"energy: {window_s: .nan}\n"}),
-    Case("config boolean for a count", "configs", _config("c.yaml"), "ConfigError", ("config.latency.warmup_runs", "true/false"), {"c.yaml": b"latency: {warmup_runs: true}\n"}),
-    Case("config image size past the bound", "configs", _config("c.yaml"), "ConfigError", ("config.image_size", "1024"), {"c.yaml": b"image_size: 100000\n"}),
-    Case("config unknown key", "configs", _config("c.yaml"), "ConfigError", ("config.modle", "extra"), {"c.yaml": b"modle: resnet18\n"}),
-    Case("config YAML aliases", "configs", _config("c.yaml"), "ConfigError", ("aliases",), {"c.yaml": b"a: &x [1]\nb: *x\n"}),
-    Case("config JSON nested", "configs", _config("c.json"), "ConfigError", ("nests deeper",), {"c.json": _nested(50).encode()}),
+    # -- run configs (`hadmc compress --config`, and the API) --------------------------------
+    Case("config missing", "configs", [*COMPRESS, "{tmp}/none.yaml"], 2, ("config file", "does not exist")),
+    Case("config empty", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("is empty",), {"c.yaml": b""}),
+    Case("config binary", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("binary",), {"c.yaml": GARBAGE}),
+    Case("config a folder", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("is a folder",), {"c.yaml": _folder}),
+    Case("config repeats a key", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("'model' appears twice",), {"c.yaml": b"model: resnet18\nmodel: vgg11_bn\n"}),
+    Case("config infinite duration", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.latency.min_seconds", "finite"), {"c.yaml": b"latency: {min_seconds: .inf}\n"}),
+    Case("config NaN duration", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.energy.window_s", "finite"), {"c.yaml": b"energy: {window_s: .nan}\n"}),
+    Case("config boolean for a count", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.latency.warmup_runs", "true/false"), {"c.yaml": b"latency: {warmup_runs: true}\n"}),
+    Case("config image size past the bound", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.image_size", "1024"), {"c.yaml": b"image_size: 100000\n"}),
+    Case("config unknown key", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.modle", "extra"), {"c.yaml": b"modle: resnet18\n"}),
+    Case("config YAML aliases", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("aliases",), {"c.yaml": b"a: &x [1]\nb: *x\n"}),
+    Case("config weights a folder", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.weights", "is a folder"), {"c.yaml": b"weights: w\n", "w": _folder}),
+    Case("config JSON nested (API)", "configs", _config("c.json"), "ConfigError", ("nests deeper",), {"c.json": _nested(50).encode()}),
     # -- the probe server -------------------------------------------------------------------
     Case("server: external data in a Constant", "server", ("POST", "/measure", "constant_node"), 400, ("external data",), absent=("TOPSECRET", "secret.bin")),
     Case("server: external data in an If branch", "server", ("POST", "/measure", "if_branch"), 400, ("external data",), absent=("TOPSECRET", "secret.bin")),

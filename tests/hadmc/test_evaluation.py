@@ -42,14 +42,28 @@ def test_evaluation_records_objectives_versions_and_timings(evaluator):
     assert ev.device == evaluator.device.id and ev.probe["backend"] == "ort-cpu"
 
 
-def test_identical_plan_is_not_applied_twice(evaluator):
+def test_identical_plan_is_applied_once_per_run_and_reused_as_cached(evaluator):
+    from hadmc.config import RunConfig
+    from hadmc.run import CompressionRun
+
+    run = CompressionRun(RunConfig(name="dedupe", energy={"probe": None}), evaluator=evaluator)
     plan = CompressionPlan.uniform(0.3, "fp32", budget=0)
-    first = evaluator.evaluate(plan)
     # the same decisions spelled out per group: same resolved key
     spelled = CompressionPlan.parse({"groups": {g.name: {"prune_ratio": 0.3 if g.prunable else 0.0} for g in evaluator.groups}, "update": {"budget": 0}})
-    again = evaluator.evaluate(spelled)
+    first, again = run.evaluate([plan, spelled])
     assert again.plan_key == first.plan_key
     assert again.latency_ms == first.latency_ms and again.provenance["latency_ms"] == "cached"
+    assert first.provenance["latency_ms"] == "measured" and run.distinct("search") == 1
+    third = run.evaluate([plan])[0]
+    assert third.provenance["accuracy"] == "cached" and run.distinct("search") == 1
+    run.close()
+
+
+def test_search_phase_reads_validation_accuracy_and_final_phase_the_test_split(evaluator):
+    plan = CompressionPlan.uniform(0.0, "fp32", budget=0)
+    search, final = evaluator.evaluate(plan, phase="search"), evaluator.evaluate(plan, phase="final")
+    assert (search.phase, search.split, final.phase, final.split) == ("search", "val", "final", "test")
+    assert evaluator.baseline_for("search").split == "val" and evaluator.baseline.split == "test"
 
 
 def test_failing_plan_returns_an_error_instead_of_raising(evaluator):
@@ -74,3 +88,63 @@ def test_a_device_spec_that_does_not_describe_the_measuring_host_is_flagged(eval
     ev = evaluator.evaluate(CompressionPlan.uniform(0.5, "fp32", budget=0))
     assert ev.host_mismatch and "Imaginary CPU 9000" in ev.host_mismatch[0]
     assert evaluator.baseline.host_mismatch
+
+
+def _small_evaluator(trained_small, digits16, **kw):
+    model, _ = trained_small
+    cpu = hal.load_device_spec("x86-cpu")
+    return PlanEvaluator(
+        model, digits16, device=cpu, latency_probe=hal.get_latency_probe("ort-cpu", device=cpu, **FAST),
+        pipeline={"max_train_batches": 3}, profile=False, **kw,
+    )  # fmt: skip
+
+
+def test_teacher_logit_cache_gives_the_same_accuracy_as_running_the_teacher(trained_small, digits16):
+    plan = CompressionPlan.uniform(0.5, "fp32", budget=1)
+    cached = _small_evaluator(trained_small, digits16, student_cache=0).evaluate(plan)
+    direct = _small_evaluator(trained_small, digits16, student_cache=0, teacher_cache=False).evaluate(plan)
+    assert cached.ok and direct.ok
+    assert abs(cached.accuracy - direct.accuracy) <= 1.0 / len(digits16.test)  # at most one image apart
+
+
+def test_teacher_logits_are_not_cached_when_the_training_images_are_augmented(trained_small, digits16):
+    import dataclasses
+
+    augmented = dataclasses.replace(digits16, train_augmented=True)
+    assert not _small_evaluator(trained_small, augmented).teacher_cache
+
+
+def test_a_recovered_student_is_shared_by_plans_that_differ_only_in_precision(trained_small, digits16):
+    fp32, int8 = CompressionPlan.uniform(0.5, "fp32", budget=1), CompressionPlan.uniform(0.5, "int8", budget=1)
+    shared = _small_evaluator(trained_small, digits16)
+    shared.evaluate(fp32)
+    reused = shared.evaluate(int8)
+    assert shared.stats == {"students_reused": 1, "recoveries": 1, "recoveries_skipped": 0}
+    alone = _small_evaluator(trained_small, digits16, student_cache=0).evaluate(int8)
+    assert reused.accuracy == alone.accuracy and reused.model_bytes == alone.model_bytes
+    assert "recover_s" not in reused.timings  # no recovery was paid for
+
+
+def test_search_fidelity_runs_a_fraction_of_the_recovery_and_a_hard_budget_skips_it(trained_small, digits16):
+    plan = CompressionPlan.uniform(0.3, "fp32", budget=2)
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5)
+    search, final = ev.evaluate(plan, phase="search"), ev.evaluate(plan, phase="final")
+    assert (search.recovery_steps, search.full_recovery_steps, search.fidelity) == (3, 6, 0.5)
+    assert (final.recovery_steps, final.fidelity) == (6, 1.0)
+    tight = _small_evaluator(trained_small, digits16, latency_budget_ms=1e-6)
+    skipped = tight.evaluate(plan, phase="search")
+    assert skipped.ok and not skipped.complete and "hard budget" in skipped.skipped
+    assert skipped.accuracy is None and skipped.latency_ms > 0 and skipped.provenance["latency_ms"] == "measured"
+    assert tight.stats["recoveries"] == 0 and tight.stats["recoveries_skipped"] == 1
+
+
+def test_int8_recipe_follows_the_cpu_isa_and_is_recorded(evaluator):
+    from hadmc.pipeline import quantization_recipe
+
+    assert quantization_recipe(hal.load_device_spec("x86-cpu")).reduce_range  # AVX2 only: 7-bit weights
+    vnni = evaluator.device.model_copy(update={"vnni": True})
+    assert not quantization_recipe(vnni).reduce_range
+    assert quantization_recipe(hal.load_device_spec("h100")).activation == "QInt8"
+    ev = evaluator.evaluate(CompressionPlan.uniform(0.0, "int8", budget=0))
+    assert ev.quantization == {"activation": "QUInt8", "weight": "QInt8", "reduce_range": True, "per_channel": True,
+                               "format": "QDQ", "name": "U8S8+reduce_range"}  # fmt: skip

@@ -8,13 +8,13 @@ import os
 import pytest
 
 from hadmc.errors import ConfigError, PlanError
-from hadmc.files import atomic_write, check_output_dir, parse_json_strict, parse_yaml_strict
+from hadmc.files import write_atomic, check_output_dir, parse_json_strict, parse_yaml_strict
 
 
-def test_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
+def test_write_atomic_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "plan.json"
     target.write_text("old")
-    atomic_write(target, "new contents")
+    write_atomic(target, "new contents")
     assert target.read_text() == "new contents"
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
 
@@ -28,7 +28,7 @@ def test_a_full_disk_leaves_the_old_file_intact_and_no_half_written_one(tmp_path
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(PlanError, match="disk is full"):
-        atomic_write(target, b"x" * 10_000, PlanError)
+        write_atomic(target, b"x" * 10_000, PlanError)
     assert target.read_bytes() == b"the artifact measured yesterday"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 

@@ -1,0 +1,196 @@
+"""Benchmark of the searchers on the quickstart scenario; prints JSON with --json.
+
+All in one run, on this machine, with the real evaluator (embedded default, ONNX Runtime CPU):
+
+- for each searcher and seed, a fresh run spends the same budget of distinct plans; its
+  hypervolume (search phase: validation split, accuracy reference at the original minus 2
+  points, latency and size relative to the original) after 16, 32 and 64 evaluations, as the
+  median and range over seeds; the mean wall time of a search evaluation; the searcher's total
+  wall time. Searchers run interleaved per seed, so load drift hits all of them alike.
+  ``ppo`` is Dyna-style; ``ppo-onpolicy`` is plain on-policy PPO on real evaluations.
+- fidelity: at least 8 diverse plans (spread over the search-fidelity accuracy range of all
+  runs) are evaluated again at full fidelity; the Spearman correlation of their search
+  accuracy with their full-fidelity accuracy on the same (validation) split, and the mean wall
+  time of their search evaluations against their full-fidelity evaluations.
+
+Checks: ppo's median hypervolume at the full budget is at least random's and nsga2's; a search
+evaluation costs at most a quarter of a full-fidelity one; Spearman >= 0.8.
+
+    python scripts/bench_search.py --budget 64 --seeds 3 --json           # the full benchmark (hours)
+    python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
+
+Progress goes to stderr. Machines are shared: the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEARCHERS = ("ppo", "random", "nsga2", "sb3-ppo", "greedy", "ppo-onpolicy")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
+
+
+def hv_at(history: list[tuple[int, float | None]], n: int) -> float:
+    """Hypervolume after `n` distinct evaluations (the last front change at or before n)."""
+    vals = [v for k, v in history if k <= n and v is not None]
+    return float(vals[-1]) if vals else 0.0
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "per_seed": values}
+
+
+def run_searcher(base_cfg, name: str, seed: int, budget: int, out: Path) -> dict:
+    from hadmc.api import build_config
+    from hadmc.run import CompressionRun
+
+    searcher, dyna = ("ppo", False) if name == "ppo-onpolicy" else (name, True)
+    cfg = build_config(base_cfg, out=out / f"{name}-s{seed}", searcher=searcher, budget=budget, seed=seed, dyna=dyna)
+    t0 = time.perf_counter()
+    run = CompressionRun(cfg, resume=None)
+    try:
+        run.search()
+        wall = time.perf_counter() - t0
+        evs = run.evaluations("search")
+        history = run.store.hypervolume_history(run.run_id, "search")
+        new = [e.wall_s for e in evs]
+        meta = run.store.meta(run.run_id)
+        checkpoints = sorted({16, 32, 64, budget} & set(range(1, budget + 1)))
+        return {
+            "hv": {str(k): hv_at(history, k) for k in checkpoints},
+            "mean_eval_s": statistics.fmean(new) if new else None,
+            "evaluations": len(evs),
+            "failed": sum(not e.ok for e in evs),
+            "total_s": wall,
+            "predicted_episodes": meta.get("predicted_episodes"),
+            "baseline_latency_ms": run.baseline("search").latency_ms,
+            "plans": [(e.plan, e.accuracy, e.wall_s, e.latency_ms) for e in evs if e.complete],
+        }
+    finally:
+        run.close()
+
+
+def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_plans: int, out: Path) -> dict:
+    """Full-fidelity accuracy (validation split) and wall time of plans seen at search fidelity."""
+    from scipy.stats import spearmanr
+
+    from hadmc.api import build_config
+    from hadmc.evaluation import build_evaluator
+    from hadmc.plan import CompressionPlan
+
+    seen, unique = set(), []
+    for p in sorted(plans, key=lambda r: r[1]):
+        key = json.dumps(p[0], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if len(unique) < 2:
+        return {"plans": len(unique), "spearman": None}
+    idx = sorted({round(i * (len(unique) - 1) / (n_plans - 1)) for i in range(n_plans)})
+    chosen = [unique[i] for i in idx]
+    cfg = build_config(base_cfg, out=out / "fidelity")
+    evaluator = build_evaluator(cfg)
+    rows = []
+    for i, (plan, acc_search, wall_search, _) in enumerate(chosen):
+        say(f"fidelity: plan {i + 1}/{len(chosen)} at full fidelity")
+        ev, compressed = evaluator.evaluate_with_artifact(CompressionPlan.parse(plan), "final")
+        if not ev.complete:
+            continue
+        rows.append({
+            "search_accuracy_val": acc_search, "full_accuracy_val": evaluator.accuracy_on(compressed.onnx_bytes, "val"),
+            "full_accuracy_test": ev.accuracy, "search_s": wall_search, "full_s": ev.wall_s,
+            "recovery_steps_full": ev.recovery_steps,
+        })  # fmt: skip
+    rho = spearmanr([r["search_accuracy_val"] for r in rows], [r["full_accuracy_val"] for r in rows]).statistic
+    mean_search = statistics.fmean(r["search_s"] for r in rows)
+    mean_full = statistics.fmean(r["full_s"] for r in rows)
+    return {
+        "plans": len(rows),
+        "spearman": float(rho),
+        "spearman_vs_test": float(spearmanr([r["search_accuracy_val"] for r in rows], [r["full_accuracy_test"] for r in rows]).statistic),
+        "mean_search_eval_s": mean_search,
+        "mean_full_eval_s": mean_full,
+        "ratio": mean_search / mean_full,
+        "rows": rows,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=int, default=64)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--searchers", default=",".join(SEARCHERS))
+    ap.add_argument("--config", default=None, help="run configuration (default: the shipped quickstart)")
+    ap.add_argument("--fidelity-plans", type=int, default=8)
+    ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    names = [s.strip() for s in args.searchers.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SEARCHERS]
+    if unknown:
+        ap.error(f"unknown searcher(s) {unknown}; valid: {', '.join(SEARCHERS)}")
+
+    from hadmc.api import build_config
+
+    tmp = tempfile.TemporaryDirectory(prefix="hadmc-bench-search-") if args.out is None else None
+    out = Path(args.out or tmp.name)
+    base = build_config(args.config)
+    started, load0 = time.perf_counter(), os.getloadavg()
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for seed in range(args.seeds):
+        order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
+        for name in order:
+            say(f"seed {seed}: {name}, budget {args.budget}")
+            r = run_searcher(base, name, seed, args.budget, out)
+            say(f"seed {seed}: {name}: hv {r['hv']}, {r['mean_eval_s']:.1f} s per evaluation, {r['total_s']:.0f} s")
+            results[name].append(r)
+
+    report: dict = {"budget": args.budget, "seeds": args.seeds, "config": base.model_dump(mode="json"), "searchers": {}}
+    for name, rs in results.items():
+        keys = rs[0]["hv"].keys()
+        report["searchers"][name] = {
+            "hypervolume": {k: summary([r["hv"][k] for r in rs]) for k in keys},
+            "mean_eval_s": statistics.fmean(r["mean_eval_s"] for r in rs if r["mean_eval_s"] is not None),
+            "total_s": summary([r["total_s"] for r in rs]),
+            "failed": sum(r["failed"] for r in rs),
+            "predicted_episodes": [r["predicted_episodes"] for r in rs],
+        }
+    all_plans = [p for rs in results.values() for r in rs for p in r["plans"]]
+    fid = fidelity_check(base, all_plans, args.fidelity_plans, out)
+    report["fidelity"] = fid
+    last = str(args.budget)
+    s = report["searchers"]
+    med = {n: s[n]["hypervolume"][last]["median"] for n in s}
+    report["checks"] = {
+        **({"ppo_hv_ge_random": med["ppo"] >= med["random"]} if {"ppo", "random"} <= set(med) else {}),
+        **({"ppo_hv_ge_nsga2": med["ppo"] >= med["nsga2"]} if {"ppo", "nsga2"} <= set(med) else {}),
+        "search_eval_le_quarter_full": fid.get("ratio") is not None and fid["ratio"] <= 0.25,
+        "spearman_ge_0_8": fid.get("spearman") is not None and fid["plans"] >= 8 and fid["spearman"] >= 0.8,
+    }
+    report["wall_s"] = time.perf_counter() - started
+    report["load_average"] = {"start": load0, "end": os.getloadavg()}
+    text = json.dumps(report, indent=1, default=str)
+    if args.json:
+        print(text)
+    else:
+        for n in s:
+            print(f"{n:14s} hv@{last} median {med[n]:.3f}  {s[n]['mean_eval_s']:.1f} s/eval")
+        print(f"fidelity: spearman {fid.get('spearman')}, search/full {fid.get('ratio')}")
+        print(json.dumps(report["checks"]))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

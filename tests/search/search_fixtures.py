@@ -1,0 +1,47 @@
+"""Runs over the surrogate evaluator (test only: closed-form figures, milliseconds per plan)."""
+
+from __future__ import annotations
+
+from hadmc.config import RunConfig
+from hadmc.envs.surrogate import SurrogateEvaluator
+from hadmc.groups import LayerGroup
+from hadmc.hal.device import cpu_spec_from_info
+from hadmc.run import CompressionRun
+
+
+def chain(n: int = 6) -> list[LayerGroup]:
+    groups, in_ch = [], 3
+    for i in range(n):
+        last = i == n - 1
+        out = 10 if last else 16 * 2 ** min(i // 2, 3)
+        groups.append(
+            LayerGroup(
+                index=i, name="fc" if last else f"conv{i}", kind="linear" if last else ("stem" if i == 0 else "conv"),
+                modules=("fc",) if last else (f"conv{i}",), in_channels=in_ch, out_channels=out, kernel=1 if last else 3,
+                stride=1, flops_share=1.0 / n, params_share=1.0 / n, depth=i / (n - 1), prunable=not last,
+                latency_share=1.0 / n, macs=1_000_000, params=9 * out * in_ch,
+            )
+        )  # fmt: skip
+        in_ch = out
+    return groups
+
+
+def cpu():
+    return cpu_spec_from_info("Test EPYC", {"avx512f", "avx512_vnni"}, 2000.0, 2, 16.0)
+
+
+def config(searcher: str = "random", budget: int = 12, run_dir=None, **extra) -> RunConfig:
+    data = {
+        "name": f"t-{searcher}",
+        "search": {"searcher": searcher, "budget": budget, "update_budgets": [0, 1, 2, 3], "finalize_max": 4},
+        "constraints": {"min_accuracy": "-1pt"},
+        "agent": {"predicted_episodes": 16, "candidates": 32, "initial": 4},
+        **extra,
+    }
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    return RunConfig.parse(data)
+
+
+def surrogate_run(cfg: RunConfig, **kw) -> CompressionRun:
+    return CompressionRun(cfg, evaluator=SurrogateEvaluator(chain(), cpu()), **kw)

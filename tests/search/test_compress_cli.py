@@ -1,0 +1,77 @@
+"""`hadmc compress` for real (embedded default, tiny settings): Ctrl-C, resume, the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: tiny
+model: default
+data: digits
+device: local
+latency: {warmup_runs: 2, warmup_s: 0.0, min_iterations: 5, min_seconds: 0.0}
+energy: {probe: null}
+search: {searcher: ppo, budget: 6, fidelity: 0.5, update_scopes: [full], update_budgets: [1], finalize_max: 2}
+agent: {predicted_episodes: 8, candidates: 16, initial: 2}
+pipeline: {max_train_batches: 2, max_eval_batches: 2, calibration_batches: 1}
+"""
+
+
+def _hadmc(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from hadmc.cli import main; sys.exit(main())", *args]
+
+
+def _search_rows(db: Path) -> list[tuple[str, str]]:
+    if not db.is_file():
+        return []
+    with sqlite3.connect(db, timeout=30) as con:
+        try:
+            return con.execute("SELECT plan_key, evaluation_json FROM evaluations WHERE phase='search' ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+
+
+def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_hadmc("compress", "--config", str(cfg), "--out", str(out)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    state = out / "searcher" / "ppo_policy.pt"
+    while time.time() < deadline and not (len(_search_rows(out / "hadmc.db")) >= 3 and state.is_file()):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "Continue with: hadmc compress --out" in text and "Traceback" not in text
+    before = _search_rows(out / "hadmc.db")
+    assert 3 <= len(before) < 6
+
+    import torch
+
+    steps_at_kill = torch.load(out / "searcher" / "state.pt", weights_only=False)["trainer_steps"]
+    done = subprocess.run(_hadmc("compress", "--out", str(out), "--resume", "--json"), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"continues from its checkpoint (agent at {steps_at_kill} steps)" in done.stderr
+    after = _search_rows(out / "hadmc.db")
+    keys = [k for k, _ in after]
+    assert len(keys) == len(set(keys)) == 6  # exactly the budget, none evaluated twice
+    assert after[: len(before)] == before  # nothing finished before the kill was lost or rewritten
+    assert all(json.loads(e)["split"] == "val" for _, e in after if json.loads(e)["error"] is None)
+    result = json.loads(done.stdout)
+    assert result["evaluations"] == 6 and {e["split"] for e in result["front"]} == {"test"}
+    assert result["best"]["phase"] == "final" and (out / "best" / "model.onnx").is_file()

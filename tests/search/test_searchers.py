@@ -1,0 +1,103 @@
+"""Every searcher spends its budget of distinct plans through one CompressionRun (surrogate figures)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from search_fixtures import config, surrogate_run
+
+from hadmc.errors import ConfigError
+from hadmc.search import SEARCHERS, get_searcher
+
+ALL = ["ppo", "random", "nsga2", "sb3-ppo", "greedy"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_searcher_spends_exactly_its_budget_of_distinct_plans(name, tmp_path):
+    run = surrogate_run(config(name, budget=10, run_dir=tmp_path))
+    run.search()
+    evaluations = run.evaluations("search")
+    keys = [e.plan_key for e in evaluations]
+    assert run.distinct("search") == 10 == len(set(keys)) == len(keys)  # none evaluated twice
+    assert all(e.phase == "search" and e.split == "val" for e in evaluations if e.ok)
+    assert run.store.meta(run.run_id)["searcher"] == name
+    assert (tmp_path / "searcher" / "state.pt").is_file()
+    run.close()
+
+
+def test_registry_rejects_an_unknown_searcher_listing_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown searcher 'bayes'; valid: greedy, nsga2, ppo, random, sb3-ppo"):
+        get_searcher("bayes")
+    with pytest.raises(ConfigError, match=r"search.searcher: .*valid: greedy, nsga2, ppo, random, sb3-ppo"):
+        config("bayes")
+    assert sorted(SEARCHERS.names()) == sorted(ALL)
+
+
+def test_cached_plans_do_not_count_against_the_budget(tmp_path):
+    # a grid of 4 plans: random search repeats itself, yet stops at 4 distinct evaluations
+    cfg = config("random", budget=4, search={"searcher": "random", "budget": 4, "prune_grid": [0.0], "precisions": ["fp32", "int8"], "update_budgets": [0, 1]})
+    run = surrogate_run(cfg)
+    run.search()
+    assert run.distinct("search") == 4 and len(run.evaluations("search")) == 4
+    assert run.evaluator.calls == 4  # every other ask was a cache hit
+    run.close()
+
+
+def test_finalize_reevaluates_the_front_on_the_test_split_and_writes_the_results(tmp_path):
+    run = surrogate_run(config("random", budget=8, run_dir=tmp_path))
+    run.search()
+    result = run.finalize()
+    assert result.front and all(e.phase == "final" and e.split == "test" for e in result.front)
+    assert result.original.split == "test" and result.best is not None
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    assert pareto["best"] == result.best.plan_key and {r["split"] for r in pareto["front"]} == {"test"}
+    assert json.loads((tmp_path / "best" / "plan.json").read_text()) == result.best.plan
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "hadmc.db").is_file()
+    assert result.evaluations == 8
+    run.close()
+
+
+def test_resume_continues_to_the_budget_with_no_plan_evaluated_twice(tmp_path):
+    first = surrogate_run(config("ppo", budget=6, run_dir=tmp_path), resume=False)
+    first.search()
+    steps = first.store.meta(first.run_id)["agent_steps"]
+    assert steps > 0
+    first.close()
+    again = surrogate_run(config("ppo", budget=10, run_dir=tmp_path), resume=True)
+    searcher = again.make_searcher()
+    assert searcher.impl.trainer.num_timesteps == steps  # the agent continues from its checkpoint
+    again.search(searcher)
+    keys = [e.plan_key for e in again.evaluations("search")]
+    assert len(keys) == len(set(keys)) == 10
+    assert again.store.meta(again.run_id)["agent_steps"] > steps
+    again.close()
+
+
+def test_a_run_directory_is_never_silently_reused_or_resumed_under_other_settings(tmp_path):
+    run = surrogate_run(config("random", budget=3, run_dir=tmp_path))
+    run.search()
+    run.close()
+    with pytest.raises(ConfigError, match="--resume"):
+        surrogate_run(config("random", budget=3, run_dir=tmp_path), resume=False)
+    with pytest.raises(ConfigError, match="objectives"):
+        surrogate_run(config("random", budget=3, run_dir=tmp_path, objectives={"latency": 2.0}), resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume|no run"):
+        surrogate_run(config("random", budget=3, run_dir=tmp_path / "new"), resume=True)
+
+
+def test_ppo_searcher_counts_the_predicted_episodes_it_trained_on():
+    run = surrogate_run(config("ppo", budget=8))
+    searcher = run.search()
+    summary = searcher.summary()
+    assert summary["agent_mode"] == "dyna" and summary["predicted_episodes"] >= 16
+    # predictions never reach the store: every stored figure is the evaluator's
+    assert {v for e in run.evaluations("search") for v in e.provenance.values()} == {"surrogate"}
+    run.close()
+
+
+def test_on_policy_ppo_runs_on_real_evaluations_for_comparison():
+    run = surrogate_run(config("ppo", budget=6, agent={"dyna": False}))
+    searcher = run.search()
+    assert searcher.summary()["agent_mode"] == "on-policy" and run.distinct("search") == 6
+    run.close()
