@@ -36,6 +36,10 @@ class MeasurementWorker:
     :param sandbox: an empty private directory the child works in
     """
 
+    #: seconds a new child may take to import its runtime before it counts as failed; not
+    #: part of any request's time limit
+    STARTUP_S = 120.0
+
     def __init__(self, backend: str, spec: DeviceSpec, sandbox: str | Path):
         self.backend = backend
         self.spec = spec
@@ -43,6 +47,7 @@ class MeasurementWorker:
         self._ctx = multiprocessing.get_context("spawn")  # no inherited threads, CUDA-safe
         self._proc: Any = None
         self._conn: Any = None
+        self._ready = False
 
     def start(self) -> None:
         """Start the child (returns at once; it imports its modules in the background)."""
@@ -56,6 +61,22 @@ class MeasurementWorker:
         self._proc.start()
         child.close()
         self._conn = parent
+        self._ready = False
+
+    def _wait_ready(self) -> None:
+        """Wait for the child's imports (outside the request's limit: a restart after a
+        stopped request must not eat the next request's time)."""
+        if self._ready:
+            return
+        if not self._conn.poll(self.STARTUP_S):
+            self.stop()
+            raise ProbeError(f"the measurement process did not start within {self.STARTUP_S:g} s")
+        try:
+            status, _ = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self.stop()
+            raise ProbeError("the measurement process failed to start (see the server's log)") from exc
+        self._ready = status == "ready"
 
     @property
     def alive(self) -> bool:
@@ -70,6 +91,7 @@ class MeasurementWorker:
         if not self.alive:
             self.stop()
             self.start()
+        self._wait_ready()
         try:
             self._conn.send((op, kwargs))
         except (BrokenPipeError, OSError) as exc:
@@ -190,6 +212,10 @@ def serve_requests(conn: Any, backend: str, spec_data: dict[str, Any], sandbox: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     work = _DeviceWork(backend, DeviceSpec.model_validate(spec_data))
     ops = {"measure": work.measure, "energy": work.energy, "infer": work.infer}
+    from . import measure  # noqa: F401  (the runtime imports happen now, before the first request)
+
+    work._probe()  # opens nothing; imports the backend (ONNX Runtime...) and checks it is there
+    conn.send(("ready", None))
     while True:
         try:
             op, kwargs = conn.recv()
