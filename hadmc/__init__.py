@@ -25,6 +25,10 @@ _LAZY = {
     "LayerGroup": ("groups", "LayerGroup"),
     "build_model": ("models", "build_model"),
     "load_data": ("data", "load_data"),
+    "compress": ("api", "compress"),
+    "CompressionRun": ("run", "CompressionRun"),
+    "CompressionResult": ("run", "CompressionResult"),
+    "RunConfig": ("config", "RunConfig"),
 }
 
 

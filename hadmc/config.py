@@ -185,8 +185,10 @@ class PipelineSettings(_Strict):
     calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
     max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
-    bn_recalibration: Literal["never", "search", "always"] = Field(
-        "search", description="re-estimate BatchNorm statistics after pruning and recovery: in search evaluations, always, or never"
+    bn_recalibration: Literal["select", "search", "always", "never"] = Field(
+        "select",
+        description="re-estimate BatchNorm statistics after pruning and recovery: select (always while searching; in "
+        "final evaluations only where it raises validation accuracy), search, always, or never",
     )
     teacher_cache: bool = Field(True, description="compute the teacher's training-split logits once per run (off for augmented data)")
     student_cache: int = Field(4, ge=0, description="recovered students kept for plans that differ only in precision or fusion")

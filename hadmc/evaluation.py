@@ -23,6 +23,8 @@ Provenance = Literal["measured", "estimated", "cached", "surrogate", "predicted"
 Phase = Literal["search", "final"]
 PHASES: tuple[str, ...] = ("search", "final")
 PHASE_SPLIT: dict[str, str] = {"search": "val", "final": "test"}
+#: When BatchNorm statistics are re-estimated (see `PlanEvaluator`).
+BN_RECALIBRATION: tuple[str, ...] = ("select", "search", "always", "never")
 #: Objectives and their direction. Accuracy is maximised; the others minimised.
 OBJECTIVES: dict[str, Literal["max", "min"]] = {
     "accuracy": "max",
@@ -72,6 +74,7 @@ class Evaluation(BaseModel):
     group_latency_ms: dict[str, float] | None = Field(None, description="profiled ms per layer group (search features)")
     skipped: str | None = Field(None, description="why recovery and accuracy were skipped (a hard constraint missed)")
     artifact_sha256: str | None = Field(None, description="SHA-256 of the saved ONNX artifact these figures were measured on")
+    bn_recalibrated: bool | None = Field(None, description="BatchNorm statistics were re-estimated after recovery")
     notes: list[str] = Field(default_factory=list)
     device: str = ""
     probe: dict[str, Any] = Field(default_factory=dict)
@@ -150,8 +153,9 @@ class PlanEvaluator:
     :param profile: attach measured per-group latency shares from the runtime's node profiler
     :param seed: seed of recovery fine-tuning
     :param search_fidelity: fraction of each plan's recovery steps run in search evaluations
-    :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery in
-        ``search`` evaluations only, ``always``, or ``never``
+    :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
+        ``select`` (in search evaluations always; in final ones only where it raises the
+        validation accuracy, so the test split never decides), ``search``, ``always``, ``never``
     :param teacher_cache: compute the teacher's training-split logits once (off automatically
         when the training images are augmented)
     :param student_cache: recovered students kept for plans that differ only in precision/fusion
@@ -172,7 +176,7 @@ class PlanEvaluator:
         profile: bool = True,
         seed: int = 0,
         search_fidelity: float = 1.0,
-        bn_recalibration: Literal["never", "search", "always"] = "search",
+        bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         teacher_cache: bool = True,
         student_cache: int = 4,
         latency_budget_ms: float | None = None,
@@ -183,8 +187,8 @@ class PlanEvaluator:
 
         if not 0.0 < search_fidelity <= 1.0:
             raise ConfigError(f"search fidelity must lie in (0, 1] (a fraction of each plan's recovery), got {search_fidelity}")
-        if bn_recalibration not in ("never", "search", "always"):
-            raise ConfigError(f"bn_recalibration must be never, search or always, got {bn_recalibration!r}")
+        if bn_recalibration not in BN_RECALIBRATION:
+            raise ConfigError(f"bn_recalibration must be one of {', '.join(BN_RECALIBRATION)}, got {bn_recalibration!r}")
         self.model = model.eval()
         self.data = data
         self.device = device if device is not None else hal.detect_local()
@@ -327,13 +331,39 @@ class PlanEvaluator:
             student, plan, self.groups, self.data, self.device, calibration_batches=self.pipeline.get("calibration_batches", 8)
         )
 
+    @staticmethod
+    def _changed(plan, steps: int) -> bool:
+        """Whether BatchNorm statistics can be stale: something was pruned or trained."""
+        return steps > 0 or any(d.prune_ratio > 0 for d in plan.groups.values())
+
+    def _select_recalibration(self, student, plan, art, timings: dict[str, float], notes: list[str], say):
+        """Final phase, ``select``: keep re-estimated BatchNorm statistics only where they
+        raise the validation accuracy (measured on the exported artifacts)."""
+        import copy
+
+        from .pipeline import recalibrate_batchnorm, recalibration_batches
+
+        say("recalibrate")
+        t = time.perf_counter()
+        other = copy.deepcopy(student)
+        recalibrate_batchnorm(other, recalibration_batches(self.data, batch_size=self.pipeline.get("batch_size", 64)))
+        other_art = self._export(other, plan)
+        plain_val, recal_val = self._accuracy(art.onnx_bytes, "val"), self._accuracy(other_art.onnx_bytes, "val")
+        timings["recalibration_select_s"] = time.perf_counter() - t
+        use = recal_val > plain_val
+        notes.append(
+            f"BatchNorm statistics {'re-estimated' if use else 'kept from recovery'}: validation accuracy "
+            f"{100 * recal_val:.2f}% with re-estimation, {100 * plain_val:.2f}% without"
+        )
+        return (other, other_art, True) if use else (student, art, False)
+
     def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say) -> tuple[Any, dict]:
         """The recovered student of `plan`: from the cache when a plan with the same pruning,
         distillation, update and fidelity was recovered already, else pruned and recovered."""
         from .pipeline import recover
 
-        recal = self.bn_recalibration == "always" or (self.bn_recalibration == "search" and phase == "search")
-        recal = recal and (steps > 0 or any(d.prune_ratio > 0 for d in plan.groups.values()))
+        recal = self.bn_recalibration == "always" or (self.bn_recalibration in ("search", "select") and phase == "search")
+        recal = recal and self._changed(plan, steps)
         key = (
             tuple(sorted((n, d.prune_ratio) for n, d in plan.groups.items())),
             plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, recal, self.seed,
@@ -412,6 +442,9 @@ class PlanEvaluator:
             say("export")
             art = self._export(student, resolved)
             timings.update(art.timings)
+            recalibrated = bool(recovery.get("bn_recalibrated"))
+            if phase == "final" and self.bn_recalibration == "select" and self._changed(resolved, steps):
+                student, art, recalibrated = self._select_recalibration(student, resolved, art, timings, notes, say)
             say("accuracy")
             t = time.perf_counter()
             accuracy = self._accuracy(art.onnx_bytes, split)
@@ -436,6 +469,7 @@ class PlanEvaluator:
                 macs=art.macs,
                 params=art.params,
                 quantization=art.quantization,
+                bn_recalibrated=recalibrated,
                 group_latency_ms=group_ms,
                 notes=notes,
                 provenance={

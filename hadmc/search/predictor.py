@@ -254,7 +254,7 @@ def _gp(X: np.ndarray, y: np.ndarray, seed: int):
         return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1, random_state=seed).fit(X, y)
 
 
-def _pooled_ridge(T: np.ndarray, Y: np.ndarray, pooled_alpha: float = 1e-3, group_alpha: float = 1.0) -> np.ndarray:
+def _pooled_ridge(T: np.ndarray, Y: np.ndarray, pooled_alpha: float = 1e-6, group_alpha: float = 1.0) -> np.ndarray:
     """Coefficients (G, terms): one pooled least-squares fit over every (plan, group) row, plus
     a per-group correction shrunk toward zero (ridge) so a group with few distinct decisions
     falls back on what the others show.

@@ -131,6 +131,10 @@ def test_search_fidelity_runs_a_fraction_of_the_recovery_and_a_hard_budget_skips
     search, final = ev.evaluate(plan, phase="search"), ev.evaluate(plan, phase="final")
     assert (search.recovery_steps, search.full_recovery_steps, search.fidelity) == (3, 6, 0.5)
     assert (final.recovery_steps, final.fidelity) == (6, 1.0)
+    # search evaluations always re-estimate BatchNorm statistics; final ones keep them only
+    # where the validation accuracy says so, and record the comparison
+    assert search.bn_recalibrated is True and final.bn_recalibrated in (True, False)
+    assert any(n.startswith("BatchNorm statistics") and "validation accuracy" in n for n in final.notes)
     tight = _small_evaluator(trained_small, digits16, latency_budget_ms=1e-6)
     skipped = tight.evaluate(plan, phase="search")
     assert skipped.ok and not skipped.complete and "hard budget" in skipped.skipped

@@ -101,3 +101,30 @@ def test_on_policy_ppo_runs_on_real_evaluations_for_comparison():
     searcher = run.search()
     assert searcher.summary()["agent_mode"] == "on-policy" and run.distinct("search") == 6
     run.close()
+
+
+def test_when_no_plan_meets_the_constraints_the_best_found_is_returned_with_what_it_misses():
+    run = surrogate_run(config("random", budget=6, constraints={"min_accuracy": 0.9999, "latency_budget_ms": 0.001}))
+    run.search()
+    result = run.finalize()
+    assert result.best is not None
+    assert any("below the floor 99.99%" in v for v in result.violations)
+    assert any("over the budget 0.001 ms" in v for v in result.violations)
+    run.close()
+
+
+def test_plan_space_round_trips_plans_and_masks_fusion_on_a_refusing_backend():
+    run = surrogate_run(config("random"))
+    searcher = run.make_searcher()
+    space = searcher.space
+    assert space.fusions == ("conv_bn_act",)  # ort-cpu re-fuses: no budget spent on fusion
+    assert not any(d.name.endswith("/fusion") for d in space.dimensions)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        plan = space.sample(rng)
+        assert space.decode(space.encode(plan)) == plan
+    assert space.uniform(0.5, "int8").groups["conv1"].prune_ratio == 0.5
+    assert space.uniform(0.5, "int8").groups["fc"].prune_ratio == 0.0  # the classifier keeps its outputs
+    run.close()
