@@ -64,7 +64,7 @@ def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tm
     import torch
 
     steps_at_kill = torch.load(out / "searcher" / "state.pt", weights_only=False)["trainer_steps"]
-    done = subprocess.run(_hadmc("compress", "--out", str(out), "--resume", "--json"), env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_hadmc("compress", "--out", str(out), "--resume"), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"continues from its checkpoint (agent at {steps_at_kill} steps)" in done.stderr
     after = _search_rows(out / "hadmc.db")
@@ -72,6 +72,10 @@ def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tm
     assert len(keys) == len(set(keys)) == 6  # exactly the budget, none evaluated twice
     assert after[: len(before)] == before  # nothing finished before the kill was lost or rewritten
     assert all(json.loads(e)["split"] == "val" for _, e in after if json.loads(e)["error"] is None)
-    result = json.loads(done.stdout)
-    assert result["evaluations"] == 6 and {e["split"] for e in result["front"]} == {"test"}
-    assert result["best"]["phase"] == "final" and (out / "best" / "model.onnx").is_file()
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["evaluations"] == 6 and {e["split"] for e in pareto["front"]} == {"test"}
+    assert pareto["original"]["split"] == "test" and (out / "best" / "model.onnx").is_file()
+    # the printed front: the original, the best plan, the split, provenance footnotes, the files
+    table = done.stdout
+    assert "Pareto front" in table and "original" in table and "* best" in table and " test " in table
+    assert "Accuracy on the test split" in table and "best plan" in table and "pareto.json" in table
