@@ -38,6 +38,19 @@ class LatencySettings(_Strict):
     batch_size: int = Field(1, ge=1)
     address: str | None = Field(None, description="remote://host:port of a `hadmc probe serve` (remote probe only)")
     token: str | None = Field(None, description="bearer token of the remote probe")
+    search_min_seconds: float | None = Field(
+        0.25, ge=0.0, description="timed wall time at least while searching (None: min_seconds); final figures always use min_seconds"
+    )
+    relative: RelativeSettings = Field(default_factory=lambda: RelativeSettings())
+
+
+class RelativeSettings(_Strict):
+    """How a plan is timed against the original in alternating blocks (`hal.interleave`)."""
+
+    block_s: float = Field(0.05, gt=0.0, le=10.0, description="target length of one block of runs")
+    min_pairs: int = Field(10, ge=2, le=10_000, description="block pairs in the first round, at least")
+    max_spread: float = Field(0.02, gt=0.0, le=1.0, description="re-measure while the ratio's relative half-interval is above this")
+    max_rounds: int = Field(4, ge=1, le=100, description="rounds at most before the ratio is flagged noisy")
 
 
 class EnergySettings(_Strict):
@@ -328,8 +341,11 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 
 
+LatencySettings.model_rebuild()
+
 __all__ = [
     "AgentSettings",
+    "RelativeSettings",
     "Constraints",
     "EnergySettings",
     "LatencySettings",

@@ -161,6 +161,10 @@ class PlanEvaluator:
     :param student_cache: recovered students kept for plans that differ only in precision/fusion
     :param latency_budget_ms: a hard budget: search plans over it skip recovery and accuracy
     :param profile_plans: attach each search plan's profiled per-group latency (`group_latency_ms`)
+    :param search_latency_probe: the probe of search evaluations (e.g. shorter timing; None:
+        `latency_probe`); final figures always come from `latency_probe`
+    :param relative_options: how plans are timed against the original (``block_s``,
+        ``min_pairs``, ``max_spread``, ``max_rounds``; None: the HAL's defaults)
     """
 
     def __init__(
@@ -181,6 +185,8 @@ class PlanEvaluator:
         student_cache: int = 4,
         latency_budget_ms: float | None = None,
         profile_plans: bool = False,
+        search_latency_probe=None,
+        relative_options: dict[str, Any] | None = None,
     ):
         from . import hal
         from .groups import layer_groups
@@ -195,8 +201,12 @@ class PlanEvaluator:
         self.latency_probe = latency_probe if latency_probe is not None else hal.get_latency_probe(self.device.backend, device=self.device)
         self.energy_probe = energy_probe
         self.cache = cache
+        self.search_latency_probe = search_latency_probe if search_latency_probe is not None else self.latency_probe
+        self.relative_options = dict(relative_options or {})
         if cache is not None:
             self.latency_probe = hal.cached_probe(self.latency_probe, cache)
+            if search_latency_probe is not None:
+                self.search_latency_probe = hal.cached_probe(search_latency_probe, cache)
             if energy_probe is not None:
                 self.energy_probe = hal.cached_probe(energy_probe, cache)
         self._reference: bytes | None = None  # the original's artifact: plans are timed against it
@@ -282,19 +292,21 @@ class PlanEvaluator:
 
     def _teacher_logits(self):
         if self._logits is None and self.teacher_cache:
-            from .pipeline import teacher_logits
+            from .pipeline import TeacherLogits
 
-            self._logits = teacher_logits(self.model, self.data.split("train"))
+            self._logits = TeacherLogits(self.model, len(self.data.split("train")))
         return self._logits
 
-    def _measure(self, onnx_bytes: bytes, energy: bool = False, measured=None):
+    def _measure(self, onnx_bytes: bytes, phase: Phase = "final", energy: bool = False, measured=None):
         """Latency (timed against the original once it is known), then energy when asked,
         through the one HAL function; `measured` reuses a latency taken on the same graph."""
         from .hal import measure_latency_and_energy
 
+        probe = self.search_latency_probe if phase == "search" else self.latency_probe
         return measure_latency_and_energy(
-            self.latency_probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference, measured=measured
-        )
+            probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference,
+            relative_options=self.relative_options, measured=measured,
+        )  # fmt: skip
 
     def accuracy_on(self, onnx_bytes: bytes, split: str) -> float:
         """Top-1 of an artifact on `split`, run where latency is measured (for benchmarks that
@@ -404,7 +416,7 @@ class PlanEvaluator:
             "plan": json.loads(plan.canonical_json()),
             "phase": phase,
             "device": self.device.id,
-            "probe": self.latency_probe.settings(),
+            "probe": (self.search_latency_probe if phase == "search" else self.latency_probe).settings(),
             "versions": self.versions,
         }
         compressed = None
@@ -424,7 +436,7 @@ class PlanEvaluator:
                 early = self._export(pruned, resolved)
                 say("measure")
                 t = time.perf_counter()
-                early_m = self._measure(early.onnx_bytes)
+                early_m = self._measure(early.onnx_bytes, phase)
                 lat = early_m.latency
                 timings["measure_s"] = time.perf_counter() - t
                 notes.append("latency measured before recovery on an artifact of the same graph")
@@ -451,7 +463,7 @@ class PlanEvaluator:
             timings["accuracy_s"] = time.perf_counter() - t
             if early_m is None:
                 say("measure")
-            m = self._measure(art.onnx_bytes, energy=True, measured=early_m)
+            m = self._measure(art.onnx_bytes, phase, energy=True, measured=early_m)
             lat, energy = m.latency, m.energy
             if early_m is None:
                 timings["measure_s"] = m.latency_s
@@ -579,6 +591,9 @@ def build_evaluator(
     else:
         settings["threads"] = lat.threads
     probe = hal.get_latency_probe(probe_name, **settings)
+    search_probe = None
+    if lat.search_min_seconds is not None and lat.search_min_seconds != lat.min_seconds:
+        search_probe = hal.get_latency_probe(probe_name, **{**settings, "min_seconds": lat.search_min_seconds})
     energy = None
     if config.energy.probe:
         energy = probe.energy_probe(config.energy.probe, window_s=config.energy.window_s)
@@ -610,4 +625,6 @@ def build_evaluator(
         teacher_cache=p.teacher_cache,
         student_cache=p.student_cache,
         latency_budget_ms=budget,
+        search_latency_probe=search_probe,
+        relative_options=lat.relative.model_dump(),
     )

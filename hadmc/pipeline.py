@@ -158,34 +158,52 @@ def trainable_parameters(model: nn.Module, scope: str, example_inputs: torch.Ten
     return [p for n in order[-keep:] for p in mods[n].parameters(recurse=False)]
 
 
-class _WithTeacherLogits(torch.utils.data.Dataset):
-    """(image, label, teacher logits) by index: the teacher's forward pass done once per run."""
+class _Indexed(torch.utils.data.Dataset):
+    """(image, label, index): lets a `TeacherLogits` cache look images up by index."""
 
-    def __init__(self, dataset, logits: torch.Tensor):
-        if len(dataset) != len(logits):
-            raise PipelineError(f"teacher logits cover {len(logits)} images but the training split has {len(dataset)}")
-        self.dataset, self.logits = dataset, logits
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i):
         x, y = self.dataset[i][:2]
-        return x, y, self.logits[i]
+        return x, y, i
 
 
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
-    """The teacher's logits for every image of `dataset`, in index order (eval mode).
+class TeacherLogits:
+    """The teacher's logits per training image, computed the first time an image is used and
+    kept for every later recovery of the run: the teacher's forward pass (half or more of a
+    distillation step) is paid once per image, not once per step.
 
-    Valid for every recovery of a run as long as the training images are not augmented (the
-    same index always yields the same tensor); `DataBundle.train_augmented` says so.
+    Valid only while the training images are not augmented (the same index always yields the
+    same tensor); `DataBundle.train_augmented` says so.
+
+    :param teacher: the original model (run in eval mode, without gradients)
+    :param n_images: size of the training split
     """
-    from torch.utils.data import DataLoader
 
-    teacher.eval()
-    out = [teacher(x) for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
-    return torch.cat(out).float()
+    def __init__(self, teacher: nn.Module, n_images: int) -> None:
+        self.teacher = teacher
+        self.values: torch.Tensor | None = None
+        self.known = torch.zeros(n_images, dtype=torch.bool)
+
+    @torch.no_grad()
+    def __call__(self, indices: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        missing = ~self.known[indices]
+        if missing.any():
+            out = self.teacher.eval()(images[missing]).float()
+            if self.values is None:
+                self.values = torch.empty(len(self.known), out.shape[1])
+            self.values[indices[missing]] = out
+            self.known[indices[missing]] = True
+        return self.values[indices]
+
+    @property
+    def computed(self) -> int:
+        """Images whose logits are known."""
+        return int(self.known.sum())
 
 
 @torch.no_grad()
@@ -240,7 +258,7 @@ def recover(
     batch_size: int = 64,
     max_train_batches: int | None = None,
     max_steps: int | None = None,
-    logits: torch.Tensor | None = None,
+    logits: TeacherLogits | None = None,
     bn_recalibration: bool = False,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
@@ -250,8 +268,7 @@ def recover(
     :param max_train_batches: cap on batches per epoch (quick runs and tests)
     :param max_steps: cap on optimizer steps over the whole budget (a search fidelity below
         the plan's own budget); the learning-rate schedule spans the steps actually run
-    :param logits: the teacher's logits on the training split in index order (`teacher_logits`),
-        so the teacher is not run again at every step
+    :param logits: a `TeacherLogits` cache of the run, so the teacher runs once per image
     :param bn_recalibration: re-estimate BatchNorm statistics after training (or, without
         training, right away: training in train mode uses batch statistics, so estimating them
         before it would be wasted)
@@ -267,7 +284,7 @@ def recover(
             recalibrate_batchnorm(student, recal)
         return {"epochs": 0, "steps": 0, "full_steps": full, "seconds": time.perf_counter() - t, "bn_recalibrated": bool(recal)}
     params = trainable_parameters(student, plan.update.scope, data.example_input())
-    dataset = data.split("train") if logits is None else _WithTeacherLogits(data.split("train"), logits)
+    dataset = data.split("train") if logits is None else _Indexed(data.split("train"))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(data.seed)
     )
@@ -277,7 +294,7 @@ def recover(
         loader,
         epochs=math.ceil(steps / per_epoch),
         lr=lr,
-        teacher=teacher.eval() if logits is None else None,
+        teacher=teacher.eval() if logits is None else logits,
         temperature=plan.distill.temperature,
         alpha=plan.distill.alpha,
         params=params,

@@ -92,7 +92,7 @@ def train_classifier(
     epochs: int,
     lr: float = 0.05,
     weight_decay: float = 5e-4,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
     params: Iterable[nn.Parameter] | None = None,
@@ -107,12 +107,12 @@ def train_classifier(
 
     :param model: the classifier to train (trained on the device its parameters live on)
     :param loader: iterable of (images, class indices) batches, e.g. ``DataBundle.loader("train")``;
-        a third entry per batch is taken as the teacher's logits for those images (computed
-        once per run), and the loss is then the distillation loss without running a teacher
+        with a logit cache as the teacher, each batch carries the images' indices third
     :param epochs: passes over ``loader`` (training stops earlier when ``max_steps`` is reached)
     :param lr: peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9)
     :param weight_decay: L2 weight decay
-    :param teacher: reference model for distillation; run in eval mode without gradients
+    :param teacher: reference model for distillation, run in eval mode without gradients; or
+        a ``pipeline.TeacherLogits`` cache called with (indices, images)
     :param temperature: distillation temperature T
     :param alpha: weight of the distillation term in ``distillation_loss``
     :param params: the parameters to train; all others are frozen and the BatchNorm layers of
@@ -147,7 +147,7 @@ def train_classifier(
     saved_flags = _freeze_outside(model, trainable)
     optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     scheduler = _one_cycle(optimizer, lr, planned)
-    if teacher is not None:
+    if isinstance(teacher, nn.Module):
         teacher.eval()
     step = 0
     epoch_loss = float("nan")
@@ -163,8 +163,8 @@ def train_classifier(
                         break
                     images, targets = images.to(device), targets.to(device)
                     logits = model(images)
-                    if cached:
-                        loss = distillation_loss(logits, cached[0].to(device), targets, temperature, alpha)
+                    if cached:  # a logit cache: the third entry holds the images' indices
+                        loss = distillation_loss(logits, teacher(cached[0], images).to(device), targets, temperature, alpha)
                     elif teacher is None:
                         loss = F.cross_entropy(logits, targets)
                     else:

@@ -20,7 +20,8 @@ from hadmc.plan import CompressionPlan
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "latency": {"warmup_runs": 2, "warmup_s": 0.0, "min_iterations": 5, "min_seconds": 0.0},
+    "latency": {"warmup_runs": 2, "warmup_s": 0.0, "min_iterations": 5, "min_seconds": 0.0, "search_min_seconds": 0.0,
+                "relative": {"block_s": 0.005, "min_pairs": 3, "max_rounds": 1}},
     "energy": {"probe": None},
     "search": {"update_budgets": [0]},
     "pipeline": {"max_eval_batches": 2, "calibration_batches": 1},

@@ -20,7 +20,8 @@ name: tiny
 model: default
 data: digits
 device: local
-latency: {warmup_runs: 2, warmup_s: 0.0, min_iterations: 5, min_seconds: 0.0}
+latency: {warmup_runs: 2, warmup_s: 0.0, min_iterations: 5, min_seconds: 0.0, search_min_seconds: 0.0,
+          relative: {block_s: 0.005, min_pairs: 3, max_rounds: 1}}
 energy: {probe: null}
 search: {searcher: ppo, budget: 6, fidelity: 0.5, update_scopes: [full], update_budgets: [1], finalize_max: 2}
 agent: {predicted_episodes: 8, candidates: 16, initial: 2}
