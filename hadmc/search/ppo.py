@@ -9,10 +9,15 @@ uniform over the grid), every round
 2. trains the policy for `agent.predicted_episodes` episodes of the same MDP whose terminal
    reward is the run's reward of the *predicted* figures (`HadMcCompressionEnv` over a
    predicting run facade);
-3. samples `agent.candidates` plans from the policy (plus a few uniform ones), and sends to
-   the real evaluator only those with the largest predicted hypervolume gain over the real
-   front, with accuracy taken optimistically (mean + one standard deviation), and the
-   predicted reward breaking ties.
+3. draws `agent.candidates` plans from the policy, half as many neighbours of the real front
+   (one or two groups moved a prune level or switched precision) and a few uniform ones, and
+   sends to the real evaluator only those with the largest predicted hypervolume gain over the
+   real front, with accuracy taken optimistically (mean + one standard deviation), and the
+   predicted reward breaking ties. The summary counts where the chosen plans came from.
+
+The initial batch starts from what a careful user tries first, uniform pruning at a few levels
+in the device's fastest precision with the most thorough recovery offered (the "anchors"),
+and fills the rest from the untrained policy.
 
 Predictions never become figures: they only train the policy and rank proposals. The report
 says how many predicted episodes the policy trained on. With ``agent.dyna: false`` the agent
@@ -96,6 +101,7 @@ class DynaPPO(Searcher):
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.predicted_episodes = 0
         self.rounds = 0
+        self.sources: dict[str, int] = {}  # where the proposed plans came from
         self.curves: list[dict[str, float]] = []
         self.directory = Path(context.directory)
         self.checkpoint = self.directory / "ppo_policy.pt"
@@ -165,10 +171,50 @@ class DynaPPO(Searcher):
         ]
 
     # -- ask/tell -----------------------------------------------------------------------
+    def anchors(self) -> list[CompressionPlan]:
+        """Uniform plans at a few prune levels, in the fastest precision the device offers."""
+        precision = next((p for p in ("int8", "fp16") if p in self.space.precisions), "fp32")
+        return [self.space.uniform(r, precision) for r in (0.3, 0.5, 0.7, 0.9)]
+
+    def neighbours(self, n: int) -> list[CompressionPlan]:
+        """`n` plans one step away from the real front: one or two groups moved a prune level
+        up or down, or switched precision."""
+        front_keys = {e.plan_key for e in self._front_evaluations()}
+        bases = [p for p, e in zip(self.plans, self.evaluations) if e.plan_key in front_keys]
+        if not bases:
+            return []
+        space, out = self.space, []
+        for _ in range(n):
+            values = space.encode(bases[int(self.rng.integers(len(bases)))])
+            for _ in range(int(self.rng.integers(1, 3))):
+                name = space.group_names[int(self.rng.integers(len(space.group_names)))]
+                opts = space.prune_options[name]
+                if len(space.precisions) > 1 and self.rng.random() < 0.25:
+                    values[f"{name}/precision"] = space.precisions[int(self.rng.integers(len(space.precisions)))]
+                elif len(opts) > 1:
+                    i = opts.index(values[f"{name}/prune"]) + int(self.rng.choice([-2, -1, 1, 2]))
+                    values[f"{name}/prune"] = opts[min(max(i, 0), len(opts) - 1)]
+            out.append(space.decode(values))
+        return out
+
+    def _front_evaluations(self) -> list[Evaluation]:
+        names = list(self.context.objectives)
+        done = [e for e in self.evaluations if e.complete and all(getattr(e, k) is not None for k in names)]
+        if not done:
+            return []
+        m = self._to_min({k: np.array([getattr(e, k) for e in done], dtype=float) for k in names}, names)
+        return [e for e, keep in zip(done, non_dominated(m)) if keep]
+
+    def _take(self, plans: list[CompressionPlan], source: str) -> list[CompressionPlan]:
+        self.sources[source] = self.sources.get(source, 0) + len(plans)
+        return plans
+
     def ask(self, n: int) -> list[CompressionPlan]:
         seen = {p.key() for p in self.plans}
         if len(self.plans) < self.initial:
-            return _fresh(self.sample_plans(4 * n) + [self.space.sample(self.rng) for _ in range(4 * n)], seen, n)
+            anchors = _fresh(self.anchors(), seen, n)
+            rest = _fresh(self.sample_plans(4 * n), seen | {p.key() for p in anchors}, n - len(anchors))
+            return self._take(anchors, "anchor") + self._take(rest, "policy")
         self._refit()
         steps = self.context.config.agent.predicted_episodes * self.episode_steps
         if steps > 0:
@@ -177,11 +223,22 @@ class DynaPPO(Searcher):
             self.trainer.save(self.checkpoint)  # written atomically
             write_json(self.directory / "training_curves.json", self.curves)
         m = self.context.config.agent.candidates
-        pool = self.sample_plans(m) + [self.space.sample(self.rng) for _ in range(max(1, int(UNIFORM_SHARE * m)))]
-        candidates = _fresh(pool, seen, len(pool))
+        pools = {
+            "policy": self.sample_plans(m),
+            "front-neighbour": self.neighbours(m // 2),
+            "uniform": [self.space.sample(self.rng) for _ in range(max(1, int(UNIFORM_SHARE * m)))],
+        }
+        source: dict[str, str] = {}
+        for name, plans in pools.items():
+            for p in plans:
+                source.setdefault(p.key(), name)
+        candidates = _fresh([p for plans in pools.values() for p in plans], seen, 10 * m)
         if not candidates:
             candidates = _fresh([self.space.sample(self.rng) for _ in range(64)], seen, 64)
-        return self.select(candidates, n)
+        chosen = self.select(candidates, n)
+        for p in chosen:
+            self._take([p], source.get(p.key(), "uniform"))
+        return chosen
 
     def select(self, candidates: list[CompressionPlan], n: int) -> list[CompressionPlan]:
         """The `n` candidates with the largest optimistic predicted hypervolume gain, chosen
@@ -234,11 +291,10 @@ class DynaPPO(Searcher):
         return np.stack(cols, axis=1)
 
     def _front_matrix(self, names: list[str]) -> np.ndarray:
-        done = [e for e in self.evaluations if e.complete and all(getattr(e, k) is not None for k in names)]
-        if not done:
+        front = self._front_evaluations()
+        if not front:
             return np.zeros((0, len(names)))
-        m = self._to_min({k: np.array([getattr(e, k) for e in done], dtype=float) for k in names}, names)
-        return m[non_dominated(m)]
+        return self._to_min({k: np.array([getattr(e, k) for e in front], dtype=float) for k in names}, names)
 
     def tell(self, plans, evaluations, rewards) -> None:
         for p, e in zip(plans, evaluations):
@@ -255,6 +311,7 @@ class DynaPPO(Searcher):
             "rounds": self.rounds,
             "trainer_steps": self.trainer.num_timesteps,
             "curves": json.dumps(self.curves),
+            "sources": dict(self.sources),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -264,11 +321,15 @@ class DynaPPO(Searcher):
         self.predicted_episodes = int(state["predicted_episodes"])
         self.rounds = int(state["rounds"])
         self.curves[:] = json.loads(state.get("curves", "[]"))
+        self.sources = dict(state.get("sources", {}))
         if self.checkpoint.is_file():
             self.trainer.load(self.checkpoint)
 
     def summary(self) -> dict[str, Any]:
-        return {"predicted_episodes": self.predicted_episodes, "agent_rounds": self.rounds, "agent_steps": self.trainer.num_timesteps}
+        return {
+            "predicted_episodes": self.predicted_episodes, "agent_rounds": self.rounds,
+            "agent_steps": self.trainer.num_timesteps, "proposals": dict(self.sources),
+        }  # fmt: skip
 
     def close(self) -> None:
         self.trainer.close()
