@@ -442,7 +442,7 @@ figure{margin:14px 0} figure img{max-width:100%;border:1px solid #eee} figcaptio
 sup.mark{font-size:.7em;margin-left:1px;color:#777} sup.mark.cached{color:#8c6d00} sup.mark.estimated{color:#b30000}
 sup.mark.surrogate,sup.mark.predicted{color:#b30000;font-weight:bold}
 ul.legend{font-size:.85em;color:#444;list-style:none;padding-left:0} span.label{color:#555} code{font-size:.95em}
-.wide{overflow-x:auto}
+.wide{overflow-x:auto} .grid{display:flex;flex-wrap:wrap;gap:0 14px} .grid figure{flex:1 1 520px;max-width:49%}
 """
 
 
@@ -497,7 +497,8 @@ def render_report(res: RunResults, charts: Sequence[Chart] | None = None) -> str
         "<section id=\"best-plans\"><h2>Best plan within 0, 0.25 and 1 point of the original</h2>"
         "<p>Fastest plan whose test accuracy is at most that far below the original's, with its measured speedup over the original.</p>"
         f'<div class="wide">{_best_table(res)}</div></section>',
-        "<section id=\"fronts\"><h2>Pareto fronts</h2>" + "".join(_figure_html(c, _data_uri(c.png)) for c in charts if c.name.startswith("front_"))
+        "<section id=\"fronts\"><h2>Pareto fronts</h2><div class=\"grid\">"
+        + "".join(_figure_html(c, _data_uri(c.png)) for c in charts if c.name.startswith("front_")) + "</div>"
         + ("" if "front_energy" in by else "<p>No energy figures: this run measured none (no readable energy counter, or energy was switched off).</p>")
         + "</section>",
     ]
