@@ -128,7 +128,10 @@ class RunResults:
         if s == "best":
             if self.best_key is None:
                 raise ConfigError(f"run {self.name!r} has no best plan (no plan could be evaluated at full fidelity); pick one with --plan KEY")
-            return self.final_by_key()[self.best_key]
+            best = self.final_by_key().get(self.best_key)
+            if best is None:
+                raise ConfigError(f"the best plan {self.best_key[:12]} named in pareto.json has no final evaluation in {self.run_dir}; the run directory is damaged")
+            return best
         if s.isdigit() and len(s) <= 4:
             i = int(s)
             if not 1 <= i <= len(front):

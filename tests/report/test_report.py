@@ -160,7 +160,7 @@ def test_ppo_training_curves_use_sb3_names_and_say_they_come_from_predicted_epis
 
 
 def test_handmade_plans_of_a_run_are_marked_and_kept_apart_from_searched_ones(tmp_path):
-    from search_fixtures import config, surrogate_run
+    from search_fixtures import chain, config, surrogate_run
 
     from hadmc.handmade import evaluate_handmade, uniform_plans
 
@@ -173,6 +173,7 @@ def test_handmade_plans_of_a_run_are_marked_and_kept_apart_from_searched_ones(tm
     finally:
         run.close()
     res = load_results(tmp_path / "run")
+    assert res.groups == [g.name for g in chain()]  # recorded by the run, in network order
     assert sorted(res.handmade.values()) == sorted(plans)
     assert {e.plan_key for e in res.handmade_evaluations()} == set(res.handmade)
     assert not {e.plan_key for e in res.searched()} & set(res.handmade)
