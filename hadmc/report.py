@@ -200,6 +200,7 @@ def fronts_charts(res: RunResults) -> list[Chart]:
             points += 1
         if logx:
             ax.set_xscale("log")
+        below = _zoom_accuracy(ax, res, [e.accuracy for e in [*cloud, *others, *front, *hand]])
         ax.set_xlabel(f"{label} [{_axis_provenance(have, field)}]")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, which="both", alpha=0.25)
@@ -207,11 +208,31 @@ def fronts_charts(res: RunResults) -> list[Chart]:
         name = field.removesuffix("_ms").removesuffix("_mj").removesuffix("_bytes")
         what = {"latency": "latency", "energy": "energy", "model": "size"}[name]
         ax.set_title(f"accuracy vs {what}", fontsize=10)
+        hidden = f" {below[0]} plans below {below[1]:.1f}% lie under the axis (their figures are in the table)." if below[0] else ""
         charts.append(Chart(
             f"front_{what}", f"Accuracy vs {what}", f"Points #n are the rows of the front table. {what.capitalize()} figures: "
-            f"{_axis_provenance(have, field)}.", _png(fig), points,
+            f"{_axis_provenance(have, field)}.{hidden}", _png(fig), points,
         ))  # fmt: skip
     return charts
+
+
+#: The fronts' accuracy axis shows at most this many points below the original; plans that
+#: lost more (a useless model) would squeeze the interesting region to a line.
+ZOOM_PT = 12.0
+
+
+def _zoom_accuracy(ax, res: RunResults, accuracies: Sequence[float | None]) -> tuple[int, float]:
+    """Limit the accuracy axis to ZOOM_PT below the original; (plans under it, its bottom in %)."""
+    accs = [100 * a for a in accuracies if a is not None]
+    if res.original.accuracy is None or not accs:
+        return 0, 0.0
+    top = max(accs + [100 * res.original.accuracy])
+    bottom = max(min(accs) - 0.5, 100 * res.original.accuracy - ZOOM_PT)
+    ax.set_ylim(bottom, top + 0.4 + 0.03 * (top - bottom))
+    under = [a for a in accs if a < bottom]
+    if under:
+        ax.annotate(f"\u25bc {len(under)} plans below {bottom:.1f}%", (0.01, 0.01), xycoords="axes fraction", fontsize=8, color="#555")
+    return len(under), bottom
 
 
 def hypervolume_chart(runs: Sequence[RunResults], name: str = "hypervolume") -> Chart | None:
