@@ -200,7 +200,7 @@ def fronts_charts(res: RunResults) -> list[Chart]:
             points += 1
         if logx:
             ax.set_xscale("log")
-        below = _zoom_accuracy(ax, res, [e.accuracy for e in [*cloud, *others, *front, *hand]])
+        below = _zoom_accuracy(ax, res.original.accuracy, [e.accuracy for e in [*cloud, *others, *front, *hand]])
         ax.set_xlabel(f"{label} [{_axis_provenance(have, field)}]")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, which="both", alpha=0.25)
@@ -221,18 +221,23 @@ def fronts_charts(res: RunResults) -> list[Chart]:
 ZOOM_PT = 12.0
 
 
-def _zoom_accuracy(ax, res: RunResults, accuracies: Sequence[float | None]) -> tuple[int, float]:
-    """Limit the accuracy axis to ZOOM_PT below the original; (plans under it, its bottom in %)."""
+def _zoom_accuracy(ax, original: float | None, accuracies: Sequence[float | None]) -> tuple[int, float]:
+    """Limit the accuracy axis to ZOOM_PT below the original's accuracy; (plans under it, its bottom in %)."""
     accs = [100 * a for a in accuracies if a is not None]
-    if res.original.accuracy is None or not accs:
+    if original is None or not accs:
         return 0, 0.0
-    top = max(accs + [100 * res.original.accuracy])
-    bottom = max(min(accs) - 0.5, 100 * res.original.accuracy - ZOOM_PT)
+    top = max(accs + [100 * original])
+    bottom = max(min(accs) - 0.5, 100 * original - ZOOM_PT)
     ax.set_ylim(bottom, top + 0.4 + 0.03 * (top - bottom))
     under = [a for a in accs if a < bottom]
     if under:
         ax.annotate(f"\u25bc {len(under)} plans below {bottom:.1f}%", (0.01, 0.01), xycoords="axes fraction", fontsize=8, color="#555")
     return len(under), bottom
+
+
+def _run_label(res: RunResults, runs: Sequence[RunResults]) -> str:
+    """The run's name, or its directory when another compared run has the same name."""
+    return str(res.run_dir) if sum(r.name == res.name for r in runs) > 1 else res.name
 
 
 def hypervolume_chart(runs: Sequence[RunResults], name: str = "hypervolume") -> Chart | None:
@@ -245,7 +250,7 @@ def hypervolume_chart(runs: Sequence[RunResults], name: str = "hypervolume") -> 
             continue
         xs = [n for n, _ in hist] + [max(res.evaluated, hist[-1][0])]
         ys = [v for _, v in hist] + [hist[-1][1]]
-        label = f"{res.name} ({res.searcher})" if len(runs) > 1 else res.searcher
+        label = f"{_run_label(res, runs)} ({res.searcher})" if len(runs) > 1 else res.searcher
         ax.step(xs, ys, where="post", color=RUN_COLOURS[i % len(RUN_COLOURS)], lw=1.6, label=label)
         ax.scatter(xs[:-1], ys[:-1], s=12, color=RUN_COLOURS[i % len(RUN_COLOURS)])
         points += len(hist)
@@ -568,14 +573,16 @@ def compare_fronts_chart(runs: Sequence[RunResults]) -> list[Chart]:
         fig, (ax,) = _figure(7.5, 4.6)
         points = 0
         originals = set()
+        shown: list[float | None] = []
         for i, res in enumerate(runs):
             colour = RUN_COLOURS[i % len(RUN_COLOURS)]
             front = [e for e in res.front() if getattr(e, field) is not None and e.accuracy is not None]
             if not front:
                 continue
             xs, ys = [_value(e, field, div) for e in front], [100 * e.accuracy for e in front]
+            shown += [e.accuracy for e in front]
             _staircase(ax, xs, ys, colour, None)
-            ax.scatter(xs, ys, s=34, color=colour, edgecolors="black", linewidths=0.4, label=f"{res.name} ({res.searcher})", zorder=3)
+            ax.scatter(xs, ys, s=34, color=colour, edgecolors="black", linewidths=0.4, label=f"{_run_label(res, runs)} ({res.searcher}{' + hand-made plans' if res.handmade else ''})", zorder=3)
             points += len(front)
             o = res.original
             if getattr(o, field) is not None and o.accuracy is not None and (o.plan_key, o.latency_ms) not in originals:
@@ -588,12 +595,15 @@ def compare_fronts_chart(runs: Sequence[RunResults]) -> list[Chart]:
         if logx:
             ax.set_xscale("log")
         what = "latency" if field == "latency_ms" else "size"
+        accs = [r.original.accuracy for r in runs if r.original.accuracy is not None]
+        under, bottom = _zoom_accuracy(ax, max(accs) if accs else None, shown)
+        caption = "Each run's final front (test split, full fidelity)." + (f" {under} plans below {bottom:.1f}% lie under the axis." if under else "")
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%, test split)")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"final fronts: accuracy vs {what}", fontsize=10)
-        charts.append(Chart(f"fronts_{what}", f"Fronts: accuracy vs {what}", "Each run's final front (test split, full fidelity).", _png(fig), points))
+        charts.append(Chart(f"fronts_{what}", f"Fronts: accuracy vs {what}", caption, _png(fig), points))
     return charts
 
 
