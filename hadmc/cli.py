@@ -299,6 +299,7 @@ def evaluate(
 
 _add_probe_commands()
 from . import cli_compress  # noqa: E402,F401  (registers `hadmc compress`)
+from . import cli_report  # noqa: E402,F401  (registers `hadmc report`, `compare`, `export`)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

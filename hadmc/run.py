@@ -152,6 +152,8 @@ class CompressionRun:
         self.evaluator = evaluator
         self.groups = list(evaluator.groups)
         self.run_id = store.open_run(config.name, config.model_dump(mode="json"))
+        # The report draws per-group decisions in network order; plan JSON sorts the names.
+        store.set_meta(self.run_id, groups=[g.name for g in self.groups])
         fingerprint = model_fingerprint(evaluator.model) if hasattr(evaluator, "model") else "-"
         # The evaluator's class is part of the context so surrogate figures can never be
         # served to a real run with the same configuration.
