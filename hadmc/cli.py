@@ -353,4 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m hadmc.cli`: run the package's own module, where every command is registered
+    # (this file as __main__ is a second copy the command modules never see).
+    from hadmc.cli import main as _main
+
+    sys.exit(_main())

@@ -495,21 +495,28 @@ class OrtCpuProbe(_OrtProbe):
 
 
 def node_times_from_profile(events: list[dict[str, Any]], skip_runs: int = 0) -> dict[str, float]:
-    """Mean ms per run for each node from ORT profiler events (``cat == "Node"``,
+    """Milliseconds per run for each node from ORT profiler events (``cat == "Node"``,
     ``name`` ending in ``_kernel_time``, ``dur`` in microseconds), ignoring the first
-    ``skip_runs`` ``model_run`` events."""
+    ``skip_runs`` ``model_run`` events.
+
+    Each node's figure is the median over the runs of its time in that run, so a run that the
+    operating system preempted (a busy machine) does not inflate the nodes it happened to hit.
+    """
+    import bisect
+
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
     if len(runs) <= skip_runs:
         raise ProbeError(f"profile holds {len(runs)} runs, fewer than the {skip_runs} warm-up runs to skip")
-    start_ts = runs[skip_runs]["ts"]
-    counted = len(runs) - skip_runs
-    totals: dict[str, float] = {}
+    counted = runs[skip_runs:]
+    starts = [r["ts"] for r in counted]
+    per_run: dict[str, np.ndarray] = {}
     for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < start_ts:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < starts[0]:
             continue
         node = e["name"][: -len("_kernel_time")]
-        totals[node] = totals.get(node, 0.0) + float(e["dur"]) / 1000.0
-    return {k: v / counted for k, v in totals.items()}
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        per_run.setdefault(node, np.zeros(len(counted)))[i] += float(e["dur"]) / 1000.0
+    return {k: float(np.median(v)) for k, v in per_run.items()}
 
 
 @LATENCY_PROBES.register("ort-cuda")
