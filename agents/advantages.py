@@ -64,17 +64,27 @@ def _group_sum(x: Tensor, inv: Tensor, n: int) -> Tensor:
     return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, inv, x)
 
 
+def _offsets_from_group_min(returns: Tensor, inv: Tensor, n: int) -> Tensor:
+    """R_i - min_g R: every estimator here is shift-invariant per group, and the offsets are
+    exact for close returns (Sterbenz), so a group of equal returns gives exact zeros and
+    rounding in a group mean stays small next to the group's spread."""
+    lowest = torch.full((n,), math.inf, dtype=returns.dtype, device=returns.device)
+    lowest = lowest.scatter_reduce(0, inv, returns, reduce="amin")
+    return returns - lowest[inv]
+
+
 def group_advantages(returns: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
     """GRPO: A_i = (R_i - mean_g R) / (std_g R + eps) within each group g (unbiased std).
 
     :param returns: [M] one return per episode
     :param group_ids: [M] which context (group) each episode belongs to
-    :param eps: keeps groups with equal returns finite (their advantages are 0)
+    :param eps: keeps groups with equal returns finite (their advantages are exactly 0)
     """
     _, inv, n = _check_groups(returns, group_ids)
-    count = _group_sum(torch.ones_like(returns), inv, n)
-    mean = _group_sum(returns, inv, n) / count
-    dev = returns - mean[inv]
+    x = _offsets_from_group_min(returns, inv, n)
+    count = _group_sum(torch.ones_like(x), inv, n)
+    mean = _group_sum(x, inv, n) / count
+    dev = x - mean[inv]
     var = _group_sum(dev * dev, inv, n) / (count - 1).clamp_min(1)
     return dev / (var.sqrt()[inv] + eps)
 
@@ -93,10 +103,11 @@ def groups_sum_to_zero(advantages: Tensor, group_ids: Tensor, atol: float = 1e-4
 def loo_advantages(returns: Tensor, group_ids: Tensor) -> Tensor:
     """RLOO: A_i = R_i - mean_{j != i, same group} R_j (0 for a group of one)."""
     _, inv, n = _check_groups(returns, group_ids)
-    count = _group_sum(torch.ones_like(returns), inv, n)[inv]
-    total = _group_sum(returns, inv, n)[inv]
-    others = (total - returns) / (count - 1).clamp_min(1)
-    return torch.where(count > 1, returns - others, torch.zeros_like(returns))
+    x = _offsets_from_group_min(returns, inv, n)
+    count = _group_sum(torch.ones_like(x), inv, n)[inv]
+    total = _group_sum(x, inv, n)[inv]
+    others = (total - x) / (count - 1).clamp_min(1)
+    return torch.where(count > 1, x - others, torch.zeros_like(x))
 
 
 def ploo_advantages(returns: Tensor, group_ids: Tensor, tau: float = 1.0) -> Tensor:
@@ -109,7 +120,8 @@ def ploo_advantages(returns: Tensor, group_ids: Tensor, tau: float = 1.0) -> Ten
     if tau <= 0:
         raise ConfigError(f"ploo tau must be > 0, got {tau}")
     _, inv, n = _check_groups(returns, group_ids)
-    x = returns / tau
+    shifted = _offsets_from_group_min(returns, inv, n)
+    x = shifted / tau
     out = torch.zeros_like(returns)
     for g in range(n):
         idx = (inv == g).nonzero(as_tuple=True)[0]
@@ -119,8 +131,8 @@ def ploo_advantages(returns: Tensor, group_ids: Tensor, tau: float = 1.0) -> Ten
         xg = x[idx]
         # row i: log-mean-exp over the others (diagonal masked), max subtracted inside logsumexp
         others = xg.unsqueeze(0).expand(k, k).masked_fill(torch.eye(k, dtype=torch.bool, device=x.device), -math.inf)
-        lme = torch.logsumexp(others, dim=1) - math.log(k - 1)
-        out[idx] = returns[idx] - tau * lme
+        lme = torch.logsumexp(others, dim=1) - torch.log(torch.tensor(k - 1.0, dtype=x.dtype, device=x.device))
+        out[idx] = shifted[idx] - tau * lme
     return out
 
 
