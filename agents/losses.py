@@ -26,6 +26,11 @@ Tensor = torch.Tensor
 # Below this |p| the Hölder mean uses its second-order expansion around the geometric mean.
 P_EPS = 1e-4
 
+# Log-ratios are bounded by this before exp: float32 overflows past 88.7 (a joint ratio of a
+# long episode gets there), and e^20 is already far outside any clip range. Beyond the bound
+# a row keeps its (huge, finite) loss and gets no gradient.
+LOG_RATIO_BOUND = 20.0
+
 RATIO_MEAN_ALIASES: Mapping[str, float] = {"arithmetic": 1.0, "geometric": 0.0, "harmonic": -1.0}
 
 
@@ -192,15 +197,16 @@ def clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: fl
 def log_space_clipped_surrogate(
     log_ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float, dual_clip: float | None = None
 ) -> Tensor:
-    """-A exp(l'), l' = min(l, log(1+eps_high)) if A >= 0 else max(l, log(1-eps_low)) (and <= log c).
+    """-A exp(l'), l' = min(l, log(1+eps_high)) if A >= 0 else min(max(l, log(1-eps_low)), B) (and <= log c).
 
     Same value and gradient as ``clipped_surrogate`` but the ratio is clipped before it is
-    exponentiated, so extreme log-ratios cannot overflow.
+    exponentiated, for both signs of A, so extreme log-ratios cannot overflow: with A < 0 the
+    surrogate does not clip large ratios, so they are bounded by B = ``LOG_RATIO_BOUND``.
     """
     hi = math.log1p(clip_high)
     lo = math.log1p(-clip_low) if clip_low < 1.0 else -math.inf
     pos = log_ratio.clamp(max=hi)
-    neg = log_ratio.clamp(min=lo)
+    neg = log_ratio.clamp(min=lo, max=LOG_RATIO_BOUND)
     if dual_clip is not None:
         neg = neg.clamp(max=math.log(dual_clip))
     clipped = torch.where(adv >= 0, pos, neg)
@@ -240,13 +246,14 @@ def ppo_clip_loss(
     :param dual_clip: c > 1 bounds the loss of negative advantages by -c A (None: off)
     :param stop_gradient: ``power`` modes only: GSPO-token form, each factor carries the row
         ratio's value with its own log-ratio's gradient, clipped per factor
-    :param log_space_clip: clip in log space, sign-aware, before exponentiating
+    :param log_space_clip: clip in log space, sign-aware, before exponentiating (without it
+        log-ratios are still bounded by ``LOG_RATIO_BOUND`` before exp, so nothing overflows)
     :return: loss per row, [N]
     """
     def surrogate(lr: Tensor, adv: Tensor) -> Tensor:
         if log_space_clip:
             return log_space_clipped_surrogate(lr, adv, clip_low, clip_high, dual_clip)
-        return clipped_surrogate(torch.exp(lr), adv, clip_low, clip_high, dual_clip)
+        return clipped_surrogate(torch.exp(lr.clamp(max=LOG_RATIO_BOUND)), adv, clip_low, clip_high, dual_clip)
 
     if mode.kind == "token":
         adv = advantages if advantages.dim() == log_ratio.dim() else advantages.unsqueeze(-1)
