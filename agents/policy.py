@@ -243,9 +243,46 @@ class ActorCritic(nn.Module):
                 self._mean_slice.append(slice(mo, mo + h.size)); mo += h.size
                 self._col_slice.append(slice(co, co + h.size)); co += h.size
         self.action_dim = co
+        self.obs_dim = obs_dim
         self._cat_idx = [i for i, h in enumerate(self.heads) if h.kind == "categorical"]
+        # which categorical head each logit belongs to, to find heads left with no valid option
+        owner = torch.zeros(self.n_logits, len(self._cat_idx))
+        for k, i in enumerate(self._cat_idx):
+            owner[self._logit_slice[i], k] = 1.0  # type: ignore[index]
+        self.register_buffer("_logit_owner", owner, persistent=False)
         # a plain Discrete space: all logits form one head, the fast path
         self._single_cat = len(self.heads) == 1 and self.heads[0].kind == "categorical"
+
+    # -- layout --------------------------------------------------------------------------
+
+    def _head_index(self, head: str) -> int:
+        try:
+            return self.head_names.index(head)
+        except ValueError:
+            raise ConfigError(f"unknown head {head!r}; valid: {', '.join(self.head_names)}") from None
+
+    def logit_slice(self, head: str) -> slice:
+        """The columns of a categorical head in the logits (and in option masks)."""
+        s = self._logit_slice[self._head_index(head)]
+        if s is None:
+            raise ConfigError(f"head {head!r} is Gaussian: it has means, not logits")
+        return s
+
+    def mean_slice(self, head: str) -> slice:
+        """The columns of a Gaussian head in the means."""
+        s = self._mean_slice[self._head_index(head)]
+        if s is None:
+            raise ConfigError(f"head {head!r} is categorical: it has logits, not means")
+        return s
+
+    def action_slice(self, head: str) -> slice:
+        """The columns of a head in the packed actions [B, D]."""
+        return self._col_slice[self._head_index(head)]
+
+    def categorical_actions(self, actions: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Packed actions [B, D] -> the option index chosen by each categorical head, [B] each."""
+        a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
+        return {self.heads[i].name: a[:, self._col_slice[i].start].astype(np.int64) for i in self._cat_idx}
 
     # -- network -------------------------------------------------------------------------
 
@@ -267,9 +304,14 @@ class ActorCritic(nn.Module):
         return ActionMasks(torch.ones(batch, len(self.heads), dtype=torch.bool), None)
 
     def _masked_logits(self, logits: Tensor, masks: ActionMasks | None) -> Tensor:
+        """Masked options get -inf; a head whose options are all masked keeps its logits (it
+        must be inactive then, and an all -inf row would make log-softmax NaN)."""
         if masks is None or masks.options is None:
             return logits
-        return logits.masked_fill(~masks.options, -math.inf)
+        options = masks.options
+        no_valid = (options.to(self._logit_owner.dtype) @ self._logit_owner) == 0  # [B, heads]
+        options = options | (no_valid.to(self._logit_owner.dtype) @ self._logit_owner.T).bool()
+        return logits.masked_fill(~options, -math.inf)
 
     def head_log_probs(self, logits: Tensor, masks: ActionMasks | None = None) -> list[Tensor | None]:
         """log-softmax per categorical head (None for Gaussian heads)."""
@@ -323,7 +365,7 @@ class ActorCritic(nn.Module):
                 a = torch.multinomial(lp.exp(), 1).squeeze(-1)
             logp = lp.gather(1, a.unsqueeze(1))
             if head_mask is not None:
-                logp = logp * head_mask.to(logp.dtype)
+                logp = torch.where(head_mask, logp, torch.zeros_like(logp))
             return a.to(torch.float32).unsqueeze(1), logp, value
         actions = torch.empty(B, self.action_dim)
         logps = torch.zeros(B, len(self.heads))
@@ -345,13 +387,12 @@ class ActorCritic(nn.Module):
                 actions[:, col] = x
                 logps[:, i] = self._gauss_log_prob(x, mu, log_std)
         if head_mask is not None:
-            logps = logps * head_mask.to(logps.dtype)
+            logps = torch.where(head_mask, logps, torch.zeros_like(logps))
         return actions, logps, value
 
     def evaluate(self, obs: Tensor, actions: Tensor, masks: ActionMasks | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(per-head log-probs [B, H], per-head entropies [B, H], V [B]); inactive heads give 0."""
         logits, means, value = self.forward(obs)
-        B = obs.shape[0]
         if self._single_cat:
             lp = torch.log_softmax(self._masked_logits(logits, masks), -1)
             a = actions[:, 0].long()
@@ -378,10 +419,9 @@ class ActorCritic(nn.Module):
             logp = torch.stack(cols_lp, 1)
             ent = torch.stack(cols_ent, 1)
         if masks is not None:
-            m = masks.heads.to(logp.dtype)
-            logp = logp * m
-            ent = ent * m
-        del B
+            # where, not a product: an inactive head's NaN must not survive as NaN * 0
+            logp = torch.where(masks.heads, logp, torch.zeros_like(logp))
+            ent = torch.where(masks.heads, ent, torch.zeros_like(ent))
         return logp, ent, value
 
     def categorical_log_probs(self, obs: Tensor, masks: ActionMasks | None = None) -> list[Tensor | None]:
