@@ -25,7 +25,8 @@ from .losses import (
     select_ratio_mean,
 )
 from .policy import ActionMasks, ActorCritic, HeadSpec, heads_for_space
-from .ppo import LoggingSink, PPOConfig, PPOTrainer, RichConsoleSink, TensorBoardSink, make_vector_env
+from .config import PPOConfig
+from .ppo import LoggingSink, PPOTrainer, RichConsoleSink, TensorBoardSink, make_vector_env
 from .sampling import EliteTarget, criterion_gap, optimal_sampling, optimal_sampling_log
 
 __all__ = [
