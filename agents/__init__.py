@@ -1,4 +1,10 @@
-"""Actor-critic, PPO-family loss core, advantages, optimal sampling, trainer."""
+"""Actor-critic, PPO-family loss core, advantages, optimal sampling, rollouts, trainer.
+
+Laid out like Stable-Baselines3: ``policy.py`` (actor-critic), ``losses.py`` (loss core),
+``advantages.py`` (estimators), ``sampling.py`` (optimal sampling), ``rollout.py`` (collection
+and the batch), ``config.py`` (hyperparameters), ``logger.py`` (metric sinks),
+``vector_env.py`` (env factory), ``ppo.py`` (the trainer).
+"""
 
 from .advantages import (
     ADVANTAGE_ESTIMATORS,
@@ -10,6 +16,8 @@ from .advantages import (
     loo_advantages,
     ploo_advantages,
 )
+from .config import PPOConfig
+from .logger import LoggingSink, MetricsSink, RichConsoleSink, TensorBoardSink
 from .losses import (
     P_SCHEDULES,
     POLICY_LOSSES,
@@ -25,14 +33,15 @@ from .losses import (
     select_ratio_mean,
 )
 from .policy import ActionMasks, ActorCritic, HeadSpec, heads_for_space
-from .config import PPOConfig
-from .ppo import LoggingSink, PPOTrainer, RichConsoleSink, TensorBoardSink, make_vector_env
+from .ppo import PPOTrainer
+from .rollout import RolloutBatch, RolloutCollector
 from .sampling import EliteTarget, criterion_gap, optimal_sampling, optimal_sampling_log
+from .vector_env import make_vector_env
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "P_SCHEDULES", "POLICY_LOSSES",
-    "ActionMasks", "ActorCritic", "EliteTarget", "HeadSpec", "LearnedPower", "LoggingSink",
-    "PPOConfig", "PPOTrainer", "RatioMode", "RichConsoleSink", "TensorBoardSink",
+    "ActionMasks", "ActorCritic", "EliteTarget", "HeadSpec", "LearnedPower", "LoggingSink", "MetricsSink",
+    "PPOConfig", "PPOTrainer", "RatioMode", "RichConsoleSink", "RolloutBatch", "RolloutCollector", "TensorBoardSink",
     "arithmetic_harmonic_mean", "criterion_gap", "episode_advantages", "gae", "group_advantages",
     "group_sums", "groups_sum_to_zero", "heads_for_space", "loo_advantages", "make_vector_env",
     "optimal_sampling", "optimal_sampling_log", "parse_ratio_mode", "ploo_advantages", "pmd_loss",

@@ -220,6 +220,24 @@ class PPOConfig(BaseModel):
             names = ", ".join(k for k, v in ignored.items() if v)
             raise ValueError(f"loss {self.loss} has no importance ratio to clip or average, so it would ignore {names}: remove them")
 
+    def learning_rate_at(self, progress: float) -> float:
+        """The learning rate at training progress in [0, 1] (``linear``: annealed to 0, SB3's ``lin_``)."""
+        return self.learning_rate * (1.0 - progress) if self.lr_schedule == "linear" else self.learning_rate
+
+    def clip_range_at(self, progress: float) -> tuple[float, float]:
+        """(eps_low, eps_high) at training progress in [0, 1]."""
+        scale = (1.0 - progress) if self.clip_schedule == "linear" else 1.0
+        low = self.clip_range_low if self.clip_range_low is not None else self.clip_range
+        high = self.clip_range_high if self.clip_range_high is not None else self.clip_range
+        return low * scale, high * scale
+
+    @property
+    def normalizes_advantage(self) -> bool:
+        """Per-minibatch advantage normalisation: as set, else on for ppo-clip with GAE (SB3)."""
+        if self.normalize_advantage is not None:
+            return self.normalize_advantage
+        return self.advantage == "gae" and L.get_policy_loss(self.loss).uses_ratio_mode
+
     @classmethod
     def build(cls, **kwargs: Any) -> "PPOConfig":
         """Validate ``kwargs``; a bad value raises ConfigError naming the field and the fix."""

@@ -354,14 +354,42 @@ def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None
     return ((returns - values) ** 2).mean()
 
 
+def mean_over_rows(per_row: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of per-row losses over rows with an active factor (0 with a graph if none)."""
+    if mask is None:
+        return per_row.mean()
+    nonempty = mask.any(-1)
+    return per_row[nonempty].mean() if bool(nonempty.any()) else per_row.sum() * 0.0
+
+
 def entropy_per_row(entropy: Tensor, head_mask: Tensor) -> Tensor:
     """sum over active heads of H_h (inactive heads contribute nothing)."""
     return masked_sum(entropy, head_mask.bool())
 
 
-def approx_kl(log_ratio: Tensor) -> Tensor:
-    """mean((r - 1) - log r), the low-variance KL(pi_old || pi_theta) estimator (k3)."""
-    return ((torch.exp(log_ratio) - 1.0) - log_ratio).mean()
+def approx_kl(log_ratio: Tensor, weights: Tensor | None = None) -> Tensor:
+    """mean(w * ((r - 1) - log r)), the low-variance KL(pi_old || pi_theta) estimator (k3).
+
+    :param log_ratio: log pi_theta - log pi_old of sampled actions
+    :param weights: pi_old / q when the actions were sampled from q instead of pi_old
+        (importance weights keep the estimate unbiased); None: 1
+    """
+    k3 = (torch.exp(log_ratio) - 1.0) - log_ratio
+    return (k3 if weights is None else weights * k3).mean()
+
+
+def clipped_log_ratios(
+    log_ratio: Tensor, mask: Tensor | None, mode: RatioMode, p: float | Tensor | None = None, stop_gradient: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """The log-ratios ``ppo_clip_loss`` clips, with their mask: per factor in ``token`` mode
+    and in the GSPO-token form (each factor carrying its row's ratio), one per row otherwise."""
+    if mode.kind == "token":
+        return log_ratio, mask
+    full = torch.ones_like(log_ratio, dtype=torch.bool) if mask is None else mask.bool()
+    log_s = row_log_ratio(log_ratio, full, mode, p)
+    if stop_gradient:
+        return log_s.unsqueeze(-1).expand_as(log_ratio), full
+    return log_s.unsqueeze(-1), full.any(-1, keepdim=True)
 
 
 def clip_fraction(log_ratio: Tensor, mask: Tensor | None, clip_low: float, clip_high: float) -> Tensor:

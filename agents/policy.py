@@ -286,10 +286,18 @@ class ActorCritic(nn.Module):
 
     # -- network -------------------------------------------------------------------------
 
-    def forward(self, obs: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """(logits [B, L] or None, means [B, G] or None, value [B])."""
+    def forward(self, obs: Tensor, detach_critic: bool = False) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(logits [B, L] or None, means [B, G] or None, value [B]).
+
+        :param detach_critic: the value head reads the shared trunk's features without
+            sending its gradient back into them (a critic that is only a diagnostic must not
+            move the policy)
+        """
         z = self.trunk(obs)
-        zc = self.critic_trunk(obs) if self.critic_trunk is not None else z
+        if self.critic_trunk is not None:
+            zc = self.critic_trunk(obs)
+        else:
+            zc = z.detach() if detach_critic else z
         logits = self.logits_head(z) if self.logits_head is not None else None
         means = self.mean_head(z) if self.mean_head is not None else None
         return logits, means, self.value_head(zc).squeeze(-1)
@@ -298,6 +306,16 @@ class ActorCritic(nn.Module):
         """V(s) [B]."""
         zc = self.critic_trunk(obs) if self.critic_trunk is not None else self.trunk(obs)
         return self.value_head(zc).squeeze(-1)
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the value estimate uses (value head, and its own trunk if any)."""
+        own = list(self.critic_trunk.parameters()) if self.critic_trunk is not None else []
+        return own + list(self.value_head.parameters())
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: the (shared) trunk and the action heads."""
+        critic = {id(q) for q in self.critic_parameters()}
+        return [q for q in self.parameters() if id(q) not in critic]
 
     def all_valid(self, batch: int) -> ActionMasks:
         """Masks with every head active and every option valid."""
@@ -390,9 +408,14 @@ class ActorCritic(nn.Module):
             logps = torch.where(head_mask, logps, torch.zeros_like(logps))
         return actions, logps, value
 
-    def evaluate(self, obs: Tensor, actions: Tensor, masks: ActionMasks | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(per-head log-probs [B, H], per-head entropies [B, H], V [B]); inactive heads give 0."""
-        logits, means, value = self.forward(obs)
+    def evaluate(
+        self, obs: Tensor, actions: Tensor, masks: ActionMasks | None = None, detach_critic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(per-head log-probs [B, H], per-head entropies [B, H], V [B]); inactive heads give 0.
+
+        :param detach_critic: see ``forward``
+        """
+        logits, means, value = self.forward(obs, detach_critic)
         if self._single_cat:
             lp = torch.log_softmax(self._masked_logits(logits, masks), -1)
             a = actions[:, 0].long()

@@ -13,7 +13,7 @@ measures the difference instead of hiding it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -169,6 +169,14 @@ class EliteTarget:
         self.smoothing = smoothing
         self._elite: list[tuple[float, dict[str, np.ndarray]]] = []
 
+    @classmethod
+    def for_heads(cls, heads: Sequence[Any], n_elite: int = 16) -> "EliteTarget":
+        """A target over the categorical ones of a policy's heads (``HeadSpec``s)."""
+        sizes = {h.name: h.size for h in heads if h.kind == "categorical"}
+        if not sizes:
+            raise ConfigError("behaviour 'optimal-elite' needs at least one categorical head")
+        return cls(sizes, n_elite)
+
     @property
     def ready(self) -> bool:
         return bool(self._elite)
@@ -178,6 +186,14 @@ class EliteTarget:
         self._elite.append((float(episode_return), {k: np.asarray(v) for k, v in actions.items() if k in self.head_sizes}))
         self._elite.sort(key=lambda x: -x[0])
         del self._elite[self.n_elite:]
+
+    def state_dict(self) -> list[tuple[float, dict[str, list[int]]]]:
+        """The elite episodes as plain lists (for weights-only checkpoints)."""
+        return [(r, {k: v.tolist() for k, v in acts.items()}) for r, acts in self._elite]
+
+    def load_state_dict(self, state: list[tuple[float, dict[str, list[int]]]]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self._elite = [(float(r), {k: np.asarray(v) for k, v in acts.items()}) for r, acts in state]
 
     def log_probs(self, head: str, step_index: np.ndarray) -> Tensor:
         """log target [len(step_index), n_options] of ``head`` at the given step indices."""
