@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hadmc.errors import ConfigError
 
 from . import losses as L
 from .advantages import ADVANTAGE_ESTIMATORS
+from .policy import ACTIVATIONS
+from .sampling import SAMPLING_CRITERIA
 
 # the means adaptive_mean chooses from (losses.select_ratio_mean)
 ADAPTIVE_MEANS = ("arithmetic", "geometric", "harmonic")
 
 
-def _known(check: Callable[[Any], Any], value: Any) -> Any:
-    """Run a name check; its error becomes a ValueError so pydantic names the field."""
-    try:
-        check(value)
-    except (ConfigError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-    return value
+# fields that name a registered choice, and the check that resolves (or refuses) the name
+NAME_CHECKS: dict[str, Callable[[str], Any]] = {
+    "loss": L.POLICY_LOSSES.get, "ratio_mode": L.parse_ratio_mode, "p_schedule": L.P_SCHEDULES.get,
+    "advantage": ADVANTAGE_ESTIMATORS.get, "sampling_criterion": SAMPLING_CRITERIA.get, "activation": ACTIVATIONS.get,
+}
 
 
 class PPOConfig(BaseModel):
@@ -127,7 +127,7 @@ class PPOConfig(BaseModel):
     advantage: str = "gae"
     group_size: int = 8
     behaviour: Literal["policy", "optimal-elite"] = "policy"
-    sampling_criterion: Literal["kl", "ess"] = "kl"
+    sampling_criterion: str = "kl"
     n_elite: int = 16
     hidden_sizes: tuple[int, ...] = (64, 64, 64)
     activation: str = "tanh"
@@ -137,26 +137,14 @@ class PPOConfig(BaseModel):
     torch_threads: int | None = None
     stats_window: int = 100
 
-    @field_validator("loss")
+    @field_validator(*NAME_CHECKS)
     @classmethod
-    def _loss_known(cls, v: str) -> str:
-        return _known(L.get_policy_loss, v)
-
-    @field_validator("ratio_mode")
-    @classmethod
-    def _mode_known(cls, v: str) -> str:
-        return _known(L.parse_ratio_mode, v)
-
-    @field_validator("p_schedule")
-    @classmethod
-    def _schedule_known(cls, v: str | None) -> str | None:
-        return v if v is None else _known(lambda name: L.scheduled_p(name, 0.0, 0.0, 0.0), v)
-
-    @field_validator("advantage")
-    @classmethod
-    def _adv_known(cls, v: str) -> str:
-        if v not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"unknown advantage estimator {v!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
+    def _name_known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            try:
+                NAME_CHECKS[info.field_name](v)  # type: ignore[index]
+            except ConfigError as exc:  # as a ValueError, so pydantic names the field
+                raise ValueError(str(exc)) from None
         return v
 
     @model_validator(mode="after")
@@ -198,12 +186,12 @@ class PPOConfig(BaseModel):
         if self.learn_p and not -self.p_bound < self.p_start < self.p_bound:
             raise ValueError("learn_p: p_start must lie inside (-p_bound, p_bound)")
         row_ratios = mode.kind != "token" or self.adaptive_mean
-        if self.aggregation == "sequence" and row_ratios and self.advantage == "gae":
+        if self.aggregation == "sequence" and row_ratios and not self.whole_episodes:
             why = "adaptive_mean switches to power ratios, which" if self.adaptive_mean else "sequence-level joint/power ratios"
             raise ValueError(f"{why} need one advantage per episode at aggregation 'sequence': use advantage group, loo or ploo")
 
     def _check_pmd_options(self, advantage: str) -> None:
-        if self.advantage == "gae":
+        if not self.whole_episodes:
             raise ValueError(f"loss {self.loss} regresses episode log-ratios on A/tau: use advantage {advantage}")
         if self.aggregation == "step":
             raise ValueError(
@@ -236,7 +224,13 @@ class PPOConfig(BaseModel):
         """Per-minibatch advantage normalisation: as set, else on for ppo-clip with GAE (SB3)."""
         if self.normalize_advantage is not None:
             return self.normalize_advantage
-        return self.advantage == "gae" and L.get_policy_loss(self.loss).uses_ratio_mode
+        return not self.whole_episodes and L.get_policy_loss(self.loss).uses_ratio_mode
+
+    @property
+    def whole_episodes(self) -> bool:
+        """The advantage estimator needs whole episodes grouped by context (group, loo, ploo);
+        the critic is then only a diagnostic."""
+        return ADVANTAGE_ESTIMATORS.get(self.advantage).whole_episodes
 
     @classmethod
     def build(cls, **kwargs: Any) -> "PPOConfig":

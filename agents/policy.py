@@ -22,6 +22,7 @@ from gymnasium import spaces
 from torch import nn
 
 from hadmc.errors import ConfigError
+from hadmc.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -73,22 +74,22 @@ def encode_observation(space: spaces.Space, obs: Any) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
+# A Box transform maps a Gaussian head's pre-transform sample into the env's Box: (x, low, high) -> action
+BOX_TRANSFORMS: Registry[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = Registry("Box transform", ConfigError)
+
+
+@BOX_TRANSFORMS.register("clip")
 def _clip_transform(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip(x, low, high)
 
 
+@BOX_TRANSFORMS.register("temperature-alpha")
 def _temperature_alpha(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     # T = clip(x, 1, 20), alpha = sigmoid(y); then kept inside the Box the env declared
     out = np.empty_like(x)
     out[..., 0] = np.clip(x[..., 0], 1.0, 20.0)
     out[..., 1] = 1.0 / (1.0 + np.exp(-x[..., 1]))
     return np.clip(out, low, high)
-
-
-BOX_TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
-    "clip": _clip_transform,
-    "temperature-alpha": _temperature_alpha,
-}
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,7 @@ def _part_heads(part: spaces.Space, key: str | None, transforms: Mapping[str, st
         dims = int(np.prod(part.shape))
         default = "temperature-alpha" if key == DISTILLATION_HEAD and dims == 2 else "clip"
         transform = transforms.get(base, default)
-        if transform not in BOX_TRANSFORMS:
-            raise ConfigError(f"unknown Box transform {transform!r} for head {base!r}; valid: {', '.join(BOX_TRANSFORMS)}")
+        BOX_TRANSFORMS.get(transform)
         return [HeadSpec(base, "gaussian", dims, key, None, 0, transform)]
     raise ConfigError(f"action part {part} ({key}) is not supported; use Discrete, MultiDiscrete or Box")
 
@@ -172,13 +172,16 @@ def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
     return lin
 
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", ConfigError)
+ACTIVATIONS.add("tanh", nn.Tanh)
+ACTIVATIONS.add("relu", nn.ReLU)
+ACTIVATIONS.add("elu", nn.ELU)
 
 
 def _mlp(n_in: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [_layer(n_in, h, math.sqrt(2)), ACTIVATIONS[activation]()]
+        layers += [_layer(n_in, h, math.sqrt(2)), ACTIVATIONS.get(activation)()]
         n_in = h
     return nn.Sequential(*layers)
 
@@ -208,8 +211,7 @@ class ActorCritic(nn.Module):
         box_transforms: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        ACTIVATIONS.get(activation)  # an unknown name lists the valid ones
         if not hidden_sizes or any(h <= 0 for h in hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive widths, got {hidden_sizes}")
         self.observation_space = observation_space
@@ -475,7 +477,7 @@ class ActorCritic(nn.Module):
                 assert isinstance(part, spaces.Box) and h.transform is not None
                 low = part.low.reshape(-1).astype(np.float64)
                 high = part.high.reshape(-1).astype(np.float64)
-                val = BOX_TRANSFORMS[h.transform](col.astype(np.float64), low, high)
+                val = BOX_TRANSFORMS.get(h.transform)(col.astype(np.float64), low, high)
                 parts[h.key] = val.reshape(a.shape[0], *part.shape).astype(part.dtype)
         if isinstance(space, spaces.Dict):
             return {k: parts[k] for k in space.spaces}

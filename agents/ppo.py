@@ -56,7 +56,7 @@ class PPOTrainer:
         check_same_step_autoreset(env)
         self.env = env
         self.n_envs = env.num_envs
-        if cfg.advantage != "gae" and self.n_envs % cfg.group_size:
+        if cfg.whole_episodes and self.n_envs % cfg.group_size:
             raise ConfigError(f"group_size {cfg.group_size} must divide the number of envs {self.n_envs}")
         if cfg.torch_threads is not None:
             torch.set_num_threads(cfg.torch_threads)
@@ -70,7 +70,7 @@ class PPOTrainer:
         )
         self.loss_spec = L.get_policy_loss(cfg.loss)
         self.base_mode = L.parse_ratio_mode(cfg.ratio_mode)
-        self.diagnostic_critic = cfg.advantage != "gae"
+        self.diagnostic_critic = cfg.whole_episodes
         # parameter groups whose gradient norms are clipped apart (kept as lists: no module walk per step)
         if self.diagnostic_critic:
             self._clip_groups = [self.policy.actor_parameters(), self.policy.critic_parameters()]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
-from .advantages import episode_advantages, gae
+from .advantages import ADVANTAGE_ESTIMATORS, AdvantageSettings, Trajectories
 from .config import PPOConfig
 from .policy import ActionMasks, ActorCritic, encode_observation
 from .sampling import EliteTarget, optimal_sampling_log
@@ -93,17 +93,6 @@ def _column_major(x: Tensor, valid: Tensor | None = None) -> Tensor:
     return flat if valid is None else flat[valid.T.reshape(-1)]
 
 
-def _discounted_returns(rewards: Tensor, done: Tensor, gamma: float) -> Tensor:
-    """R_t = r_t + gamma * R_{t+1} * (1 - done_t), over [T, C]."""
-    out = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    not_done = 1.0 - done.to(rewards.dtype)
-    for t in reversed(range(rewards.shape[0])):
-        running = rewards[t] + gamma * running * not_done[t]
-        out[t] = running
-    return out
-
-
 class RolloutCollector:
     """Steps a vector env with a policy; keeps the episode statistics (SB3's ep_info_buffer).
 
@@ -127,6 +116,8 @@ class RolloutCollector:
         self.ep_returns: deque[float] = deque(maxlen=config.stats_window)
         self.ep_lengths: deque[int] = deque(maxlen=config.stats_window)
         self.env_seed = 0
+        self.estimator = ADVANTAGE_ESTIMATORS.get(config.advantage)
+        self.advantage_settings = AdvantageSettings(config.gamma, config.gae_lambda, config.pmd_tau)
 
     def reset(self, seed: int) -> None:
         """Reset every env (env i from seed + i) and the running episode tallies."""
@@ -157,9 +148,7 @@ class RolloutCollector:
 
     def collect(self) -> tuple[RolloutBatch, int]:
         """One rollout and the number of env steps it counts."""
-        if self.config.advantage == "gae":
-            return self._collect_steps()
-        return self._collect_episodes()
+        return self._collect_episodes() if self.estimator.whole_episodes else self._collect_steps()
 
     # -- stepping ------------------------------------------------------------------------
 
@@ -241,7 +230,7 @@ class RolloutCollector:
             self._obs, self._info = obs, info
         with torch.no_grad():
             last_v = self.policy.value(encode_observation(self.obs_space, self._obs))
-        adv, ret = gae(rew_buf, val_buf, term_buf, trunc_buf, last_v, final_val, cfg.gamma, cfg.gae_lambda)
+        adv, ret = self.estimator(Trajectories(rew_buf, val_buf, term_buf, trunc_buf, last_v, final_val), self.advantage_settings)
         batch = self._batch(obs_buf, act_buf, logp_buf, hmask_buf, opt_buf, adv, ret, val_buf, term_buf | trunc_buf, None)
         return batch, T * E
 
@@ -265,7 +254,7 @@ class RolloutCollector:
                     obs=obs_t, act=actions, logp=logp, val=values, rew=torch.as_tensor(rew, dtype=torch.float32),
                     hm=masks.heads if masks is not None else torch.ones(E, len(self.policy.heads), dtype=torch.bool),
                     opt=masks.options if masks is not None and masks.options is not None else None,
-                    valid=torch.as_tensor(alive.copy()), done=torch.as_tensor(done),
+                    valid=torch.as_tensor(alive.copy()), term=torch.as_tensor(term & alive), trunc=torch.as_tensor(trunc & alive),
                 ))
                 collected += int(alive.sum())
                 for i in np.nonzero(done)[0]:
@@ -273,13 +262,12 @@ class RolloutCollector:
                 alive &= ~done
                 self._obs, self._info = obs, info
             rounds.append(self._stack_round(steps))
-        table = _pad_and_join(rounds, self.policy.n_logits)
-        valid, done = table["valid"], table["done"]
-        rew = table["rew"] * valid
-        groups = torch.arange(table["rew"].shape[1]) // G
-        adv = episode_advantages(cfg.advantage, rew.sum(0), groups, cfg.pmd_tau).expand_as(rew)
-        ret = _discounted_returns(rew, done, cfg.gamma)  # value targets: the critic is only a diagnostic here
-        batch = self._batch(table["obs"], table["act"], table["logp"], table["hm"], table.get("opt"), adv, ret, table["val"], done, valid)
+        t = _pad_and_join(rounds, self.policy.n_logits)
+        n_columns = t["rew"].shape[1]
+        # column c is env c % E of round c // E, so its context (group) is c // G
+        episodes = Trajectories(t["rew"], t["val"], t["term"], t["trunc"], torch.zeros(n_columns), group_ids=torch.arange(n_columns) // G)
+        adv, ret = self.estimator(episodes, self.advantage_settings)
+        batch = self._batch(t["obs"], t["act"], t["logp"], t["hm"], t.get("opt"), adv, ret, t["val"], t["term"] | t["trunc"], t["valid"])
         return batch, collected
 
     def _stack_round(self, steps: list[dict[str, Tensor]]) -> dict[str, Tensor]:

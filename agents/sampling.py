@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hadmc.errors import ConfigError
+from hadmc.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -42,6 +43,11 @@ def kl_divergence_log(log_q: Tensor, log_p: Tensor) -> Tensor:
     return terms.sum(-1)
 
 
+# A criterion for a*: (log p_theta, log p_target, a) -> residual, decreasing in a, 0 at a*
+SAMPLING_CRITERIA: Registry[Callable[[Tensor, Tensor, Tensor], Tensor]] = Registry("sampling criterion", ConfigError)
+
+
+@SAMPLING_CRITERIA.register("kl")
 def _kl_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     # KL(q||theta) - KL(q||target) = E_q[log target - log theta]; decreasing in a (derivative -Var_q)
     log_q = geometric_family_log(log_theta, log_target, a)
@@ -50,6 +56,7 @@ def _kl_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     return (q * ell).sum(-1)
 
 
+@SAMPLING_CRITERIA.register("ess")
 def _ess_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     # log sum theta^2/q - log sum target^2/q: > 0 at a = 0, < 0 at a = 1
     log_q = geometric_family_log(log_theta, log_target, a)
@@ -60,16 +67,9 @@ def _ess_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     return lt - lg
 
 
-CRITERIA: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"kl": _kl_residual, "ess": _ess_residual}
-
-
 def criterion_residual(log_theta: Tensor, log_target: Tensor, a: Tensor, criterion: str = "kl") -> Tensor:
     """The balance residual of ``criterion`` at ``a`` (0 at a*): KL or log-ESS difference."""
-    try:
-        fn = CRITERIA[criterion]
-    except KeyError:
-        raise ConfigError(f"unknown sampling criterion {criterion!r}; valid: {', '.join(CRITERIA)}") from None
-    return fn(log_theta, log_target, a)
+    return SAMPLING_CRITERIA.get(criterion)(log_theta, log_target, a)
 
 
 def optimal_sampling_log(
@@ -94,9 +94,7 @@ def optimal_sampling_log(
     batch = lt.shape[:-1]
     lo = torch.zeros(batch, dtype=torch.float64)
     hi = torch.ones(batch, dtype=torch.float64)
-    res_fn = CRITERIA.get(criterion)
-    if res_fn is None:
-        raise ConfigError(f"unknown sampling criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    res_fn = SAMPLING_CRITERIA.get(criterion)
     mid = 0.5 * (lo + hi)
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hadmc.agents import losses as L
+from hadmc.errors import ConfigError
 
 
 
@@ -100,12 +101,14 @@ def test_ratio_mode_names_parse_and_unknown_names_list_the_valid_ones():
     assert L.parse_ratio_mode("geometric") == L.RatioMode("power", 0.0)
     assert L.parse_ratio_mode("arithmetic") == L.RatioMode("power", 1.0)
     assert L.parse_ratio_mode("power:-0.5") == L.RatioMode("power", -0.5)
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(ConfigError, match="valid: token, joint, power, power:<p>, arithmetic, geometric, harmonic"):
         L.parse_ratio_mode("median")
-    with pytest.raises(ValueError, match="ppo-clip"):
+    with pytest.raises(ConfigError, match="unknown policy loss 'dpo'; valid: pmd-mean, pmd-part, ppo-clip"):
         L.get_policy_loss("dpo")
-    with pytest.raises(ValueError, match="cosine"):
+    with pytest.raises(ConfigError, match="unknown p schedule 'step'; valid: constant, cosine, linear"):
         L.scheduled_p("step", 2, -2, 0.5)
+    with pytest.raises(ConfigError, match="real number"):
+        L.parse_ratio_mode("power:x")
 
 
 def _cleanrl_pg_loss(newlogprob, b_logprobs, adv, clip):
