@@ -264,8 +264,11 @@ class RolloutCollector:
             rounds.append(self._stack_round(steps))
         t = _pad_and_join(rounds, self.policy.n_logits)
         n_columns = t["rew"].shape[1]
+        # a column holds one episode; its env kept stepping (autoreset) until the round ended,
+        # and those steps are not the episode's: zero them
+        rew, val = t["rew"] * t["valid"], t["val"] * t["valid"]
         # column c is env c % E of round c // E, so its context (group) is c // G
-        episodes = Trajectories(t["rew"], t["val"], t["term"], t["trunc"], torch.zeros(n_columns), group_ids=torch.arange(n_columns) // G)
+        episodes = Trajectories(rew, val, t["term"], t["trunc"], torch.zeros(n_columns), group_ids=torch.arange(n_columns) // G)
         adv, ret = self.estimator(episodes, self.advantage_settings)
         batch = self._batch(t["obs"], t["act"], t["logp"], t["hm"], t.get("opt"), adv, ret, t["val"], t["term"] | t["trunc"], t["valid"])
         return batch, collected

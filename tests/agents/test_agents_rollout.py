@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hadmc.agents import PPOTrainer, make_vector_env
+from hadmc.agents.advantages import group_advantages
 from hadmc.agents.rollout import sequence_rows
 
 
@@ -35,8 +36,12 @@ def test_episode_rollouts_hold_whole_episodes_with_one_advantage_each_summing_to
         assert torch.unique(batch.advantages[steps]).numel() == 1
         # the critic's targets are the discounted returns-to-go of the episode (CartPole: +1 a step)
         assert float(batch.returns[steps[-1]]) == pytest.approx(1.0)
-    first = torch.stack([batch.advantages[m[0]] for m in members]).reshape(-1, 2)
-    assert torch.allclose(first.sum(-1), torch.zeros(first.shape[0]), atol=1e-6)
+    # CartPole pays 1 a step: each episode's return is its length, and the advantages are
+    # GRPO's of those returns within each pair of episodes that shared a reset seed
+    returns = torch.tensor([float(len(m)) for m in members])
+    first = torch.stack([batch.advantages[m[0]] for m in members])
+    assert torch.allclose(first, group_advantages(returns, torch.arange(len(members)) // 2))
+    assert first.abs().max() > 0
     assert sorted(len(m) for m in members) == sorted(trainer.ep_lengths)
 
 
