@@ -12,7 +12,8 @@ from hadmc.errors import ConfigError
 
 from .config import PPOConfig
 
-CHECKPOINT_FORMAT = "hadmc.agents.ppo/1"
+# /2: the learned p trains in the policy's optimiser (its own param group), n_updates is kept
+CHECKPOINT_FORMAT = "hadmc.agents.ppo/2"
 
 
 def write_checkpoint(path: str | Path, config: PPOConfig, state: dict[str, Any]) -> Path:
@@ -31,8 +32,10 @@ def read_checkpoint(path: str | Path, config: PPOConfig) -> dict[str, Any]:
         state = torch.load(Path(path), weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} does not exist") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("hadmc.agents.ppo/"):
         raise ConfigError(f"{path} is not a hadmc PPO checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is a {state['format']} checkpoint; this version resumes {CHECKPOINT_FORMAT} only: train again from the start")
     if state["config"] != config.model_dump(mode="json"):
         raise ConfigError(f"checkpoint {path} was written with a different PPOConfig; build the trainer with that config to resume")
     return state

@@ -312,7 +312,7 @@ class PPOTrainer:
         self.num_timesteps = int(state["num_timesteps"])
         self.total_timesteps = int(state["total_timesteps"])
         self.iteration = int(state["iteration"])
-        self.n_updates = int(state.get("n_updates", 0))
+        self.n_updates = int(state["n_updates"])
         torch.set_rng_state(state["torch_rng"])
         self.shuffle_gen.set_state(state["shuffle_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]

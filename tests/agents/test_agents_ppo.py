@@ -130,6 +130,10 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert list(a.ep_returns) == list(b.ep_returns)
     with pytest.raises(ConfigError, match="different PPOConfig"):
         PPOTrainer(make_vector_env("CartPole-v1", 2), {**cfg, "seed": 6}, sinks=[]).load(path)
+    older = tmp_path / "older.pt"
+    torch.save({**torch.load(path, weights_only=True), "format": "hadmc.agents.ppo/1"}, older)
+    with pytest.raises(ConfigError, match="train again"):
+        PPOTrainer(make_vector_env("CartPole-v1", 2), cfg, sinks=[]).load(older)
 
 
 def test_async_vector_env_and_tensorboard_sink(tmp_path):
