@@ -158,10 +158,10 @@ class ActionMasks:
         return ActionMasks(self.heads[idx], None if self.options is None else self.options[idx])
 
 
-def _categorical_entropy(log_p: Tensor) -> Tensor:
+def _categorical_entropy(log_p: Tensor, masked: bool = True) -> Tensor:
     """-sum p log p; masked options (log p = -inf) are zeroed before the product, so neither
-    the value nor the gradient sees 0 * inf."""
-    finite = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
+    the value nor the gradient sees 0 * inf (``masked`` False: no option is masked)."""
+    finite = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p)) if masked else log_p
     return -(log_p.exp() * finite).sum(-1)
 
 
@@ -422,7 +422,7 @@ class ActorCritic(nn.Module):
             lp = torch.log_softmax(self._masked_logits(logits, masks), -1)
             a = actions[:, 0].long()
             logp = lp.gather(1, a.unsqueeze(1))
-            ent = _categorical_entropy(lp).unsqueeze(-1)
+            ent = _categorical_entropy(lp, masks is not None and masks.options is not None).unsqueeze(-1)
         else:
             cols_lp: list[Tensor] = []
             cols_ent: list[Tensor] = []

@@ -10,6 +10,7 @@ episode form a sequence. Metrics carry Stable-Baselines3's names and meanings.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,6 +72,7 @@ class PPOTrainer:
         self.loss_spec = L.get_policy_loss(cfg.loss)
         self.base_mode = L.parse_ratio_mode(cfg.ratio_mode)
         self.diagnostic_critic = cfg.whole_episodes
+        self.normalize_advantage = cfg.normalizes_advantage
         # parameter groups whose gradient norms are clipped apart (kept as lists: no module walk per step)
         if self.diagnostic_critic:
             self._clip_groups = [self.policy.actor_parameters(), self.policy.critic_parameters()]
@@ -140,6 +142,7 @@ class PPOTrainer:
         self.optimizer.param_groups[0]["lr"] = lr
         clip = cfg.clip_range_at(self._progress())
         mode, fixed_p = self._current_mode()
+        settings = L.LossSettings(mode, fixed_p, clip[0], clip[1], cfg.dual_clip, cfg.stop_gradient, cfg.log_space_clip, cfg.pmd_tau)
         sequence = cfg.aggregation == "sequence"
         members = batch.sequence_members() if sequence else []
         n_units = len(members) if sequence else batch.obs.shape[0]
@@ -160,7 +163,7 @@ class PPOTrainer:
             for start in range(0, n_units, cfg.batch_size):
                 units = perm[start:start + cfg.batch_size]
                 idx = torch.cat([members[int(u)] for u in units]) if sequence else units
-                loss, parts, kl = self._minibatch(batch, idx, start_logp, mode, fixed_p, clip, sequence, unmasked)
+                loss, parts, kl = self._minibatch(batch, idx, start_logp, settings, sequence, unmasked)
                 for key, value in parts.items():
                     sums[key].append(value)
                 kls.append(kl)
@@ -187,8 +190,7 @@ class PPOTrainer:
         return out
 
     def _minibatch(
-        self, batch: RolloutBatch, idx: torch.Tensor, start_logp: torch.Tensor, mode: L.RatioMode, fixed_p: float | None,
-        clip: tuple[float, float], sequence: bool, unmasked: bool,
+        self, batch: RolloutBatch, idx: torch.Tensor, start_logp: torch.Tensor, settings: L.LossSettings, sequence: bool, unmasked: bool,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(loss, detached loss parts, approx KL) of one minibatch."""
         cfg = self.config
@@ -197,17 +199,16 @@ class PPOTrainer:
         logp, ent, values = self.policy.evaluate(batch.obs[idx], batch.actions[idx], masks, self.diagnostic_critic)
         log_ratio = logp - batch.old_logp[idx]
         adv = batch.advantages[idx]
-        if cfg.normalizes_advantage and adv.numel() > 1:
+        if self.normalize_advantage and adv.numel() > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         if sequence:
-            per_factor = mode.kind == "token" and self.loss_spec.uses_ratio_mode
+            per_factor = settings.mode.kind == "token" and self.loss_spec.uses_ratio_mode
             rows_lr, rows_mask, rows_adv = sequence_rows(log_ratio, hmask, adv, batch.seq_id[idx], batch.seq_pos[idx], per_factor)
         else:
             rows_lr, rows_mask, rows_adv = log_ratio, (None if unmasked else hmask), adv
-        p = self.p_module() if self.p_module is not None else fixed_p
-        settings = dict(mode=mode, p=p, clip_low=clip[0], clip_high=clip[1], dual_clip=cfg.dual_clip,
-                        stop_gradient=cfg.stop_gradient, log_space_clip=cfg.log_space_clip, tau=cfg.pmd_tau)
-        pg_loss = L.mean_over_rows(L.policy_loss(cfg.loss, rows_lr, rows_mask, rows_adv, **settings), rows_mask)
+        if self.p_module is not None:
+            settings = dataclasses.replace(settings, p=self.p_module())
+        pg_loss = L.mean_over_rows(self.loss_spec.fn(rows_lr, rows_mask, rows_adv, settings), rows_mask)
         v_loss = L.value_loss(values, batch.returns[idx], batch.old_values[idx], cfg.clip_range_vf)
         ent_loss = -(ent.sum(-1) if unmasked else L.entropy_per_row(ent, hmask)).mean()
         loss = pg_loss + cfg.vf_coef * v_loss
@@ -218,8 +219,8 @@ class PPOTrainer:
         with torch.no_grad():
             parts = {"pg": pg_loss.detach(), "v": v_loss.detach(), "ent": ent_loss.detach()}
             if self.loss_spec.uses_ratio_mode:
-                unit_lr, unit_mask = L.clipped_log_ratios(rows_lr, rows_mask, mode, p, cfg.stop_gradient)
-                parts["clip"] = L.clip_fraction(unit_lr, unit_mask, clip[0], clip[1])
+                unit_lr, unit_mask = L.clipped_log_ratios(rows_lr, rows_mask, settings.mode, settings.p, cfg.stop_gradient)
+                parts["clip"] = L.clip_fraction(unit_lr, unit_mask, settings.clip_low, settings.clip_high)
             step_sum = (lambda x: x.sum(-1)) if unmasked else (lambda x: L.masked_sum(x, hmask))
             # actions sampled from q instead of pi_start are weighted by pi_start / q
             weights = None if batch.behaviour_is_policy else torch.exp(step_sum(start_logp[idx] - batch.old_logp[idx]))
