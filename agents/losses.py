@@ -9,8 +9,10 @@ with a boolean ``mask``: ``log_ratio[N, K]``, ``mask[N, K]``, ``advantages[N]`` 
 ``[N, K]`` for per-factor advantages in ``token`` mode). Per-row losses are returned so the
 caller chooses the weighting (the trainer averages over non-empty rows).
 
-Bad names raise ``ValueError`` listing the valid ones (this module must not import the rest
-of HAD-MC; the trainer's config turns them into ``hadmc.errors.ConfigError``).
+Losses, ratio means and p schedules are registered by name (``hadmc.registry``, one
+signature per kind); a bad name or option raises ``hadmc.errors.ConfigError`` listing the
+valid ones. Besides torch this module imports only those two small, torch-free modules of
+HAD-MC, so it stays reusable on any task.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from hadmc.errors import ConfigError
+from hadmc.registry import Registry
+
 Tensor = torch.Tensor
 
 # Below this |p| the Hölder mean uses its second-order expansion around the geometric mean.
 P_EPS = 1e-4
 
+# Log-ratios are bounded by this before exp: float32 overflows past 88.7 (a joint ratio of a
+# long episode gets there), and e^20 is already far outside any clip range. Beyond the bound
+# a row keeps its (huge, finite) loss and gets no gradient.
+LOG_RATIO_BOUND = 20.0
+
 RATIO_MEAN_ALIASES: Mapping[str, float] = {"arithmetic": 1.0, "geometric": 0.0, "harmonic": -1.0}
-
-
-def _unknown(what: str, name: object, valid: Sequence[str]) -> ValueError:
-    return ValueError(f"unknown {what} {name!r}; valid: {', '.join(sorted(valid))}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def arithmetic_harmonic_mean(a: float, h: float, tol: float = 1e-12, max_iter: i
     :return: (limit, iterations used)
     """
     if a <= 0 or h <= 0:
-        raise ValueError(f"arithmetic_harmonic_mean needs positive numbers, got a={a}, h={h}")
+        raise ConfigError(f"arithmetic_harmonic_mean needs positive numbers, got a={a}, h={h}")
     for i in range(1, max_iter + 1):
         a, h = 0.5 * (a + h), 2.0 * a * h / (a + h)
         if abs(a - h) <= tol * a:
@@ -133,42 +139,55 @@ class RatioMode:
         return self.kind if self.kind != "power" else f"power:{self.p if self.p is not None else 'auto'}"
 
 
-RATIO_MODE_NAMES = ("token", "joint", "power:<p>", "power", *RATIO_MEAN_ALIASES)
+# A ratio mean turns a row's per-factor log-ratios into the log of one ratio: (l, mask, p) -> log s
+RatioMean = Callable[[Tensor, Tensor, "float | Tensor | None"], Tensor]
+RATIO_MEANS: Registry[RatioMean] = Registry("ratio mean", ConfigError)
+
+
+@RATIO_MEANS.register("joint")
+def joint_log_ratio(log_ratio: Tensor, mask: Tensor, p: float | Tensor | None = None) -> Tensor:
+    """log s = sum_j l_j (one ratio for the whole action, as SB3/RLlib)."""
+    return masked_sum(log_ratio, mask)
+
+
+@RATIO_MEANS.register("power")
+def power_log_ratio(log_ratio: Tensor, mask: Tensor, p: float | Tensor | None = None) -> Tensor:
+    """log s = (logsumexp(p*l) - log n) / p, the Hölder mean of the ratios."""
+    if p is None:
+        raise ConfigError("ratio mode 'power' without p: give power:<p>, a p schedule, or a learned p")
+    return power_mean_log(log_ratio, mask, p)
+
+
+def ratio_mode_names() -> list[str]:
+    """Every accepted ratio-mode spelling (for messages)."""
+    return ["token", *RATIO_MEANS.names(), "power:<p>", *RATIO_MEAN_ALIASES]
 
 
 def parse_ratio_mode(name: str) -> RatioMode:
-    """``token`` | ``joint`` | ``power:<p>`` | ``power`` (p from a schedule / learned) | an alias.
-
-    Aliases: ``arithmetic`` = power:1, ``geometric`` = power:0 (GSPO), ``harmonic`` = power:-1.
-    """
+    """``token`` | a registered ratio mean (``joint``, ``power``: p from a schedule / learned) |
+    ``power:<p>`` | an alias: ``arithmetic`` = power:1, ``geometric`` = power:0 (GSPO),
+    ``harmonic`` = power:-1."""
     key = str(name).strip().lower()
-    if key in ("token", "joint"):
+    if key == "token" or key in RATIO_MEANS:
         return RatioMode(key)
     if key in RATIO_MEAN_ALIASES:
         return RatioMode("power", RATIO_MEAN_ALIASES[key])
-    if key == "power":
-        return RatioMode("power", None)
     if key.startswith("power:"):
         try:
             p = float(key.split(":", 1)[1])
         except ValueError:
-            raise ValueError(f"ratio mode {name!r}: the power after 'power:' must be a real number, e.g. power:-0.5") from None
+            raise ConfigError(f"ratio mode {name!r}: the power after 'power:' must be a real number, e.g. power:-0.5") from None
         if not math.isfinite(p):
-            raise ValueError(f"ratio mode {name!r}: p must be finite")
+            raise ConfigError(f"ratio mode {name!r}: p must be finite")
         return RatioMode("power", p)
-    raise _unknown("ratio mode", name, RATIO_MODE_NAMES)
+    raise ConfigError(f"unknown ratio mode {name!r}; valid: {', '.join(ratio_mode_names())}")
 
 
 def row_log_ratio(log_ratio: Tensor, mask: Tensor, mode: RatioMode, p: float | Tensor | None = None) -> Tensor:
-    """log s per row: sum(l) for ``joint``, log M_p(exp l) for ``power``."""
-    if mode.kind == "joint":
-        return masked_sum(log_ratio, mask)  # log s = sum_j l_j
-    if mode.kind == "power":
-        power = mode.p if p is None else p
-        if power is None:
-            raise ValueError("ratio mode 'power' without p: give power:<p>, a p schedule, or a learned p")
-        return power_mean_log(log_ratio, mask, power)  # log s = (lse(p*l) - log n)/p
-    raise ValueError(f"row_log_ratio is for joint/power modes, not {mode.kind!r}")
+    """log s per row under the mode's registered ratio mean (p: a scheduled or learned power)."""
+    if mode.kind == "token":
+        raise ConfigError("row_log_ratio is for row ratio means (joint, power), not 'token'")
+    return RATIO_MEANS.get(mode.kind)(log_ratio, mask, mode.p if p is None else p)
 
 
 def stop_gradient_log_ratio(log_ratio: Tensor, row_log_s: Tensor) -> Tensor:
@@ -192,15 +211,16 @@ def clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: fl
 def log_space_clipped_surrogate(
     log_ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float, dual_clip: float | None = None
 ) -> Tensor:
-    """-A exp(l'), l' = min(l, log(1+eps_high)) if A >= 0 else max(l, log(1-eps_low)) (and <= log c).
+    """-A exp(l'), l' = min(l, log(1+eps_high)) if A >= 0 else min(max(l, log(1-eps_low)), B) (and <= log c).
 
     Same value and gradient as ``clipped_surrogate`` but the ratio is clipped before it is
-    exponentiated, so extreme log-ratios cannot overflow.
+    exponentiated, for both signs of A, so extreme log-ratios cannot overflow: with A < 0 the
+    surrogate does not clip large ratios, so they are bounded by B = ``LOG_RATIO_BOUND``.
     """
     hi = math.log1p(clip_high)
     lo = math.log1p(-clip_low) if clip_low < 1.0 else -math.inf
     pos = log_ratio.clamp(max=hi)
-    neg = log_ratio.clamp(min=lo)
+    neg = log_ratio.clamp(min=lo, max=LOG_RATIO_BOUND)
     if dual_clip is not None:
         neg = neg.clamp(max=math.log(dual_clip))
     clipped = torch.where(adv >= 0, pos, neg)
@@ -210,7 +230,7 @@ def log_space_clipped_surrogate(
 def _row_advantage(advantages: Tensor, log_ratio: Tensor) -> Tensor:
     if advantages.dim() == log_ratio.dim() - 1:
         return advantages
-    raise ValueError(
+    raise ConfigError(
         f"ratio modes joint/power need one advantage per row, shape {tuple(log_ratio.shape[:-1])}, "
         f"got {tuple(advantages.shape)}; per-factor advantages work with ratio mode 'token'"
     )
@@ -240,13 +260,14 @@ def ppo_clip_loss(
     :param dual_clip: c > 1 bounds the loss of negative advantages by -c A (None: off)
     :param stop_gradient: ``power`` modes only: GSPO-token form, each factor carries the row
         ratio's value with its own log-ratio's gradient, clipped per factor
-    :param log_space_clip: clip in log space, sign-aware, before exponentiating
+    :param log_space_clip: clip in log space, sign-aware, before exponentiating (without it
+        log-ratios are still bounded by ``LOG_RATIO_BOUND`` before exp, so nothing overflows)
     :return: loss per row, [N]
     """
     def surrogate(lr: Tensor, adv: Tensor) -> Tensor:
         if log_space_clip:
             return log_space_clipped_surrogate(lr, adv, clip_low, clip_high, dual_clip)
-        return clipped_surrogate(torch.exp(lr), adv, clip_low, clip_high, dual_clip)
+        return clipped_surrogate(torch.exp(lr.clamp(max=LOG_RATIO_BOUND)), adv, clip_low, clip_high, dual_clip)
 
     if mode.kind == "token":
         adv = advantages if advantages.dim() == log_ratio.dim() else advantages.unsqueeze(-1)
@@ -259,7 +280,7 @@ def ppo_clip_loss(
     log_s = row_log_ratio(log_ratio, mask, mode, p)
     if stop_gradient:
         if mode.kind != "power":
-            raise ValueError("stop_gradient (GSPO-token form) applies to power ratio modes")
+            raise ConfigError("stop_gradient (GSPO-token form) applies to power ratio modes")
         token_lr = stop_gradient_log_ratio(log_ratio, log_s)
         adv = row_adv.unsqueeze(-1).expand_as(log_ratio)
         return masked_mean(surrogate(token_lr, adv), mask)
@@ -276,7 +297,7 @@ def pmd_loss(log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, tau: fl
     :param tau: the KL regularisation strength of the mirror-descent step
     """
     if tau <= 0:
-        raise ValueError(f"pmd tau must be > 0, got {tau}")
+        raise ConfigError(f"pmd tau must be > 0, got {tau}")
     mask = torch.ones_like(log_ratio, dtype=torch.bool) if mask is None else mask.bool()
     n = mask.sum(-1).clamp_min(1).to(log_ratio.dtype)
     total = masked_sum(log_ratio, mask)
@@ -285,52 +306,73 @@ def pmd_loss(log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, tau: fl
 
 
 @dataclass(frozen=True)
-class PolicyLossSpec:
-    """A registered policy loss: the function and the advantage estimator it expects."""
+class LossSettings:
+    """What a registered policy loss may read besides the tensors (each uses its own part).
 
-    fn: Callable[..., Tensor]
+    :param mode: the ratio mode (ppo-clip)
+    :param p: the power of a ``power`` mode when it is scheduled or learned
+    :param clip_low: eps_low
+    :param clip_high: eps_high
+    :param dual_clip: c of dual-clip PPO (None: off)
+    :param stop_gradient: GSPO-token form
+    :param log_space_clip: clip in log space before exp
+    :param tau: the KL strength of the PMD losses
+    """
+
+    mode: RatioMode = RatioMode("token")
+    p: float | Tensor | None = None
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    stop_gradient: bool = False
+    log_space_clip: bool = False
+    tau: float = 1.0
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    """A registered policy loss: ``fn(log_ratio, mask, advantages, settings) -> loss per row``,
+    the advantage estimator it expects, and whether it clips a ratio of a ratio mode."""
+
+    fn: Callable[[Tensor, "Tensor | None", Tensor, LossSettings], Tensor]
     default_advantage: str
     uses_ratio_mode: bool
 
 
-POLICY_LOSSES: dict[str, PolicyLossSpec] = {
-    "ppo-clip": PolicyLossSpec(ppo_clip_loss, "gae", True),
-    "pmd-mean": PolicyLossSpec(pmd_loss, "loo", False),
-    "pmd-part": PolicyLossSpec(pmd_loss, "ploo", False),
-}
+POLICY_LOSSES: Registry[PolicyLossSpec] = Registry("policy loss", ConfigError)
+
+
+def register_policy_loss(name: str, *, advantage: str, uses_ratio_mode: bool) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: register ``fn(log_ratio, mask, advantages, settings)`` as policy loss ``name``."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        POLICY_LOSSES.add(name, PolicyLossSpec(fn, advantage, uses_ratio_mode))
+        return fn
+
+    return register
+
+
+@register_policy_loss("ppo-clip", advantage="gae", uses_ratio_mode=True)
+def ppo_clip_policy_loss(log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, s: LossSettings) -> Tensor:
+    """max(-A r, -A clip(r, 1-eps_low, 1+eps_high)) over the mode's ratios."""
+    return ppo_clip_loss(log_ratio, mask, advantages, s.mode, s.p, s.clip_low, s.clip_high, s.dual_clip, s.stop_gradient, s.log_space_clip)
+
+
+@register_policy_loss("pmd-part", advantage="ploo", uses_ratio_mode=False)
+@register_policy_loss("pmd-mean", advantage="loo", uses_ratio_mode=False)
+def pmd_policy_loss(log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, s: LossSettings) -> Tensor:
+    """0.5 * tau/|y| * (sum_j l_j - A/tau)^2; the two differ in their advantage's baseline."""
+    return pmd_loss(log_ratio, mask, advantages, s.tau)
 
 
 def get_policy_loss(name: str) -> PolicyLossSpec:
     """The registered loss ``name`` (``ppo-clip``, ``pmd-mean``, ``pmd-part``)."""
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise _unknown("policy loss", name, POLICY_LOSSES) from None
+    return POLICY_LOSSES.get(name)
 
 
-def policy_loss(
-    kind: str,
-    log_ratio: Tensor,
-    mask: Tensor | None,
-    advantages: Tensor,
-    *,
-    mode: RatioMode = RatioMode("token"),
-    p: float | Tensor | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    stop_gradient: bool = False,
-    log_space_clip: bool = False,
-    tau: float = 1.0,
-) -> Tensor:
-    """Per-row loss of the registered ``kind``; PMD losses ignore the ratio/clip settings."""
-    spec = get_policy_loss(kind)
-    if spec.uses_ratio_mode:
-        return spec.fn(
-            log_ratio, mask, advantages, mode=mode, p=p, clip_low=clip_low, clip_high=clip_high,
-            dual_clip=dual_clip, stop_gradient=stop_gradient, log_space_clip=log_space_clip,
-        )
-    return spec.fn(log_ratio, mask, advantages, tau=tau)
+def policy_loss(kind: str, log_ratio: Tensor, mask: Tensor | None, advantages: Tensor, **settings: object) -> Tensor:
+    """Per-row loss of the registered ``kind``; ``settings`` are ``LossSettings`` fields."""
+    return get_policy_loss(kind).fn(log_ratio, mask, advantages, LossSettings(**settings))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,9 +384,17 @@ def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None
     """mean (R - V')^2 with V' = V_old + clip(V - V_old, -c, c) when clipping (SB3's form)."""
     if clip_range_vf is not None:
         if old_values is None:
-            raise ValueError("value clipping needs old_values")
+            raise ConfigError("value clipping needs old_values")
         values = old_values + (values - old_values).clamp(-clip_range_vf, clip_range_vf)
     return ((returns - values) ** 2).mean()
+
+
+def mean_over_rows(per_row: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of per-row losses over rows with an active factor (0 with a graph if none)."""
+    if mask is None:
+        return per_row.mean()
+    nonempty = mask.any(-1)
+    return per_row[nonempty].mean() if bool(nonempty.any()) else per_row.sum() * 0.0
 
 
 def entropy_per_row(entropy: Tensor, head_mask: Tensor) -> Tensor:
@@ -352,9 +402,29 @@ def entropy_per_row(entropy: Tensor, head_mask: Tensor) -> Tensor:
     return masked_sum(entropy, head_mask.bool())
 
 
-def approx_kl(log_ratio: Tensor) -> Tensor:
-    """mean((r - 1) - log r), the low-variance KL(pi_old || pi_theta) estimator (k3)."""
-    return ((torch.exp(log_ratio) - 1.0) - log_ratio).mean()
+def approx_kl(log_ratio: Tensor, weights: Tensor | None = None) -> Tensor:
+    """mean(w * ((r - 1) - log r)), the low-variance KL(pi_old || pi_theta) estimator (k3).
+
+    :param log_ratio: log pi_theta - log pi_old of sampled actions
+    :param weights: pi_old / q when the actions were sampled from q instead of pi_old
+        (importance weights keep the estimate unbiased); None: 1
+    """
+    k3 = (torch.exp(log_ratio) - 1.0) - log_ratio
+    return (k3 if weights is None else weights * k3).mean()
+
+
+def clipped_log_ratios(
+    log_ratio: Tensor, mask: Tensor | None, mode: RatioMode, p: float | Tensor | None = None, stop_gradient: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """The log-ratios ``ppo_clip_loss`` clips, with their mask: per factor in ``token`` mode
+    and in the GSPO-token form (each factor carrying its row's ratio), one per row otherwise."""
+    if mode.kind == "token":
+        return log_ratio, mask
+    full = torch.ones_like(log_ratio, dtype=torch.bool) if mask is None else mask.bool()
+    log_s = row_log_ratio(log_ratio, full, mode, p)
+    if stop_gradient:
+        return log_s.unsqueeze(-1).expand_as(log_ratio), full
+    return log_s.unsqueeze(-1), full.any(-1, keepdim=True)
 
 
 def clip_fraction(log_ratio: Tensor, mask: Tensor | None, clip_low: float, clip_high: float) -> Tensor:
@@ -380,32 +450,28 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def _constant(start: float, end: float, progress: float) -> float:
-    return start
+# A p schedule: (p_start, p_end, progress in [0, 1]) -> p
+P_SCHEDULES: Registry[Callable[[float, float, float], float]] = Registry("p schedule", ConfigError)
 
 
-def _linear(start: float, end: float, progress: float) -> float:
+@P_SCHEDULES.register("constant")
+def constant_p(start: float, end: float, progress: float) -> float:
+    return start  # p = p0
+
+
+@P_SCHEDULES.register("linear")
+def linear_p(start: float, end: float, progress: float) -> float:
     return start + (end - start) * progress  # p = p0 + (p1 - p0) t
 
 
-def _cosine(start: float, end: float, progress: float) -> float:
+@P_SCHEDULES.register("cosine")
+def cosine_p(start: float, end: float, progress: float) -> float:
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))  # p1 + (p0-p1)(1+cos pi t)/2
-
-
-P_SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
-    "constant": _constant,
-    "linear": _linear,
-    "cosine": _cosine,
-}
 
 
 def scheduled_p(kind: str, start: float, end: float, progress: float) -> float:
     """p at training progress in [0, 1] under schedule ``kind`` (constant, linear, cosine)."""
-    try:
-        fn = P_SCHEDULES[kind]
-    except KeyError:
-        raise _unknown("p schedule", kind, P_SCHEDULES) from None
-    return fn(start, end, min(max(progress, 0.0), 1.0))
+    return P_SCHEDULES.get(kind)(start, end, min(max(progress, 0.0), 1.0))
 
 
 class LearnedPower(torch.nn.Module):
@@ -421,7 +487,7 @@ class LearnedPower(torch.nn.Module):
     def __init__(self, init: float = 0.0, bound: float = 2.0) -> None:
         super().__init__()
         if bound <= 0 or not -bound < init < bound:
-            raise ValueError(f"learned p needs bound > 0 and init inside (-bound, bound); got init={init}, bound={bound}")
+            raise ConfigError(f"learned p needs bound > 0 and init inside (-bound, bound); got init={init}, bound={bound}")
         self.bound = float(bound)
         self.raw = torch.nn.Parameter(torch.tensor(math.atanh(init / bound), dtype=torch.float32))
 

@@ -22,6 +22,7 @@ from gymnasium import spaces
 from torch import nn
 
 from hadmc.errors import ConfigError
+from hadmc.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -73,22 +74,22 @@ def encode_observation(space: spaces.Space, obs: Any) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
+# A Box transform maps a Gaussian head's pre-transform sample into the env's Box: (x, low, high) -> action
+BOX_TRANSFORMS: Registry[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = Registry("Box transform", ConfigError)
+
+
+@BOX_TRANSFORMS.register("clip")
 def _clip_transform(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip(x, low, high)
 
 
+@BOX_TRANSFORMS.register("temperature-alpha")
 def _temperature_alpha(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     # T = clip(x, 1, 20), alpha = sigmoid(y); then kept inside the Box the env declared
     out = np.empty_like(x)
     out[..., 0] = np.clip(x[..., 0], 1.0, 20.0)
     out[..., 1] = 1.0 / (1.0 + np.exp(-x[..., 1]))
     return np.clip(out, low, high)
-
-
-BOX_TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
-    "clip": _clip_transform,
-    "temperature-alpha": _temperature_alpha,
-}
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,7 @@ def _part_heads(part: spaces.Space, key: str | None, transforms: Mapping[str, st
         dims = int(np.prod(part.shape))
         default = "temperature-alpha" if key == DISTILLATION_HEAD and dims == 2 else "clip"
         transform = transforms.get(base, default)
-        if transform not in BOX_TRANSFORMS:
-            raise ConfigError(f"unknown Box transform {transform!r} for head {base!r}; valid: {', '.join(BOX_TRANSFORMS)}")
+        BOX_TRANSFORMS.get(transform)
         return [HeadSpec(base, "gaussian", dims, key, None, 0, transform)]
     raise ConfigError(f"action part {part} ({key}) is not supported; use Discrete, MultiDiscrete or Box")
 
@@ -158,10 +158,10 @@ class ActionMasks:
         return ActionMasks(self.heads[idx], None if self.options is None else self.options[idx])
 
 
-def _categorical_entropy(log_p: Tensor) -> Tensor:
+def _categorical_entropy(log_p: Tensor, masked: bool = True) -> Tensor:
     """-sum p log p; masked options (log p = -inf) are zeroed before the product, so neither
-    the value nor the gradient sees 0 * inf."""
-    finite = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
+    the value nor the gradient sees 0 * inf (``masked`` False: no option is masked)."""
+    finite = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p)) if masked else log_p
     return -(log_p.exp() * finite).sum(-1)
 
 
@@ -172,13 +172,16 @@ def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
     return lin
 
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", ConfigError)
+ACTIVATIONS.add("tanh", nn.Tanh)
+ACTIVATIONS.add("relu", nn.ReLU)
+ACTIVATIONS.add("elu", nn.ELU)
 
 
 def _mlp(n_in: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [_layer(n_in, h, math.sqrt(2)), ACTIVATIONS[activation]()]
+        layers += [_layer(n_in, h, math.sqrt(2)), ACTIVATIONS.get(activation)()]
         n_in = h
     return nn.Sequential(*layers)
 
@@ -208,8 +211,7 @@ class ActorCritic(nn.Module):
         box_transforms: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        ACTIVATIONS.get(activation)  # an unknown name lists the valid ones
         if not hidden_sizes or any(h <= 0 for h in hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive widths, got {hidden_sizes}")
         self.observation_space = observation_space
@@ -243,16 +245,61 @@ class ActorCritic(nn.Module):
                 self._mean_slice.append(slice(mo, mo + h.size)); mo += h.size
                 self._col_slice.append(slice(co, co + h.size)); co += h.size
         self.action_dim = co
+        self.obs_dim = obs_dim
         self._cat_idx = [i for i, h in enumerate(self.heads) if h.kind == "categorical"]
+        # which categorical head each logit belongs to, to find heads left with no valid option
+        owner = torch.zeros(self.n_logits, len(self._cat_idx))
+        for k, i in enumerate(self._cat_idx):
+            owner[self._logit_slice[i], k] = 1.0  # type: ignore[index]
+        self.register_buffer("_logit_owner", owner, persistent=False)
         # a plain Discrete space: all logits form one head, the fast path
         self._single_cat = len(self.heads) == 1 and self.heads[0].kind == "categorical"
 
+    # -- layout --------------------------------------------------------------------------
+
+    def _head_index(self, head: str) -> int:
+        try:
+            return self.head_names.index(head)
+        except ValueError:
+            raise ConfigError(f"unknown head {head!r}; valid: {', '.join(self.head_names)}") from None
+
+    def logit_slice(self, head: str) -> slice:
+        """The columns of a categorical head in the logits (and in option masks)."""
+        s = self._logit_slice[self._head_index(head)]
+        if s is None:
+            raise ConfigError(f"head {head!r} is Gaussian: it has means, not logits")
+        return s
+
+    def mean_slice(self, head: str) -> slice:
+        """The columns of a Gaussian head in the means."""
+        s = self._mean_slice[self._head_index(head)]
+        if s is None:
+            raise ConfigError(f"head {head!r} is categorical: it has logits, not means")
+        return s
+
+    def action_slice(self, head: str) -> slice:
+        """The columns of a head in the packed actions [B, D]."""
+        return self._col_slice[self._head_index(head)]
+
+    def categorical_actions(self, actions: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Packed actions [B, D] -> the option index chosen by each categorical head, [B] each."""
+        a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
+        return {self.heads[i].name: a[:, self._col_slice[i].start].astype(np.int64) for i in self._cat_idx}
+
     # -- network -------------------------------------------------------------------------
 
-    def forward(self, obs: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """(logits [B, L] or None, means [B, G] or None, value [B])."""
+    def forward(self, obs: Tensor, detach_critic: bool = False) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(logits [B, L] or None, means [B, G] or None, value [B]).
+
+        :param detach_critic: the value head reads the shared trunk's features without
+            sending its gradient back into them (a critic that is only a diagnostic must not
+            move the policy)
+        """
         z = self.trunk(obs)
-        zc = self.critic_trunk(obs) if self.critic_trunk is not None else z
+        if self.critic_trunk is not None:
+            zc = self.critic_trunk(obs)
+        else:
+            zc = z.detach() if detach_critic else z
         logits = self.logits_head(z) if self.logits_head is not None else None
         means = self.mean_head(z) if self.mean_head is not None else None
         return logits, means, self.value_head(zc).squeeze(-1)
@@ -262,14 +309,29 @@ class ActorCritic(nn.Module):
         zc = self.critic_trunk(obs) if self.critic_trunk is not None else self.trunk(obs)
         return self.value_head(zc).squeeze(-1)
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the value estimate uses (value head, and its own trunk if any)."""
+        own = list(self.critic_trunk.parameters()) if self.critic_trunk is not None else []
+        return own + list(self.value_head.parameters())
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: the (shared) trunk and the action heads."""
+        critic = {id(q) for q in self.critic_parameters()}
+        return [q for q in self.parameters() if id(q) not in critic]
+
     def all_valid(self, batch: int) -> ActionMasks:
         """Masks with every head active and every option valid."""
         return ActionMasks(torch.ones(batch, len(self.heads), dtype=torch.bool), None)
 
     def _masked_logits(self, logits: Tensor, masks: ActionMasks | None) -> Tensor:
+        """Masked options get -inf; a head whose options are all masked keeps its logits (it
+        must be inactive then, and an all -inf row would make log-softmax NaN)."""
         if masks is None or masks.options is None:
             return logits
-        return logits.masked_fill(~masks.options, -math.inf)
+        options = masks.options
+        no_valid = (options.to(self._logit_owner.dtype) @ self._logit_owner) == 0  # [B, heads]
+        options = options | (no_valid.to(self._logit_owner.dtype) @ self._logit_owner.T).bool()
+        return logits.masked_fill(~options, -math.inf)
 
     def head_log_probs(self, logits: Tensor, masks: ActionMasks | None = None) -> list[Tensor | None]:
         """log-softmax per categorical head (None for Gaussian heads)."""
@@ -323,7 +385,7 @@ class ActorCritic(nn.Module):
                 a = torch.multinomial(lp.exp(), 1).squeeze(-1)
             logp = lp.gather(1, a.unsqueeze(1))
             if head_mask is not None:
-                logp = logp * head_mask.to(logp.dtype)
+                logp = torch.where(head_mask, logp, torch.zeros_like(logp))
             return a.to(torch.float32).unsqueeze(1), logp, value
         actions = torch.empty(B, self.action_dim)
         logps = torch.zeros(B, len(self.heads))
@@ -345,18 +407,22 @@ class ActorCritic(nn.Module):
                 actions[:, col] = x
                 logps[:, i] = self._gauss_log_prob(x, mu, log_std)
         if head_mask is not None:
-            logps = logps * head_mask.to(logps.dtype)
+            logps = torch.where(head_mask, logps, torch.zeros_like(logps))
         return actions, logps, value
 
-    def evaluate(self, obs: Tensor, actions: Tensor, masks: ActionMasks | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(per-head log-probs [B, H], per-head entropies [B, H], V [B]); inactive heads give 0."""
-        logits, means, value = self.forward(obs)
-        B = obs.shape[0]
+    def evaluate(
+        self, obs: Tensor, actions: Tensor, masks: ActionMasks | None = None, detach_critic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(per-head log-probs [B, H], per-head entropies [B, H], V [B]); inactive heads give 0.
+
+        :param detach_critic: see ``forward``
+        """
+        logits, means, value = self.forward(obs, detach_critic)
         if self._single_cat:
             lp = torch.log_softmax(self._masked_logits(logits, masks), -1)
             a = actions[:, 0].long()
             logp = lp.gather(1, a.unsqueeze(1))
-            ent = _categorical_entropy(lp).unsqueeze(-1)
+            ent = _categorical_entropy(lp, masks is not None and masks.options is not None).unsqueeze(-1)
         else:
             cols_lp: list[Tensor] = []
             cols_ent: list[Tensor] = []
@@ -378,10 +444,9 @@ class ActorCritic(nn.Module):
             logp = torch.stack(cols_lp, 1)
             ent = torch.stack(cols_ent, 1)
         if masks is not None:
-            m = masks.heads.to(logp.dtype)
-            logp = logp * m
-            ent = ent * m
-        del B
+            # where, not a product: an inactive head's NaN must not survive as NaN * 0
+            logp = torch.where(masks.heads, logp, torch.zeros_like(logp))
+            ent = torch.where(masks.heads, ent, torch.zeros_like(ent))
         return logp, ent, value
 
     def categorical_log_probs(self, obs: Tensor, masks: ActionMasks | None = None) -> list[Tensor | None]:
@@ -412,7 +477,7 @@ class ActorCritic(nn.Module):
                 assert isinstance(part, spaces.Box) and h.transform is not None
                 low = part.low.reshape(-1).astype(np.float64)
                 high = part.high.reshape(-1).astype(np.float64)
-                val = BOX_TRANSFORMS[h.transform](col.astype(np.float64), low, high)
+                val = BOX_TRANSFORMS.get(h.transform)(col.astype(np.float64), low, high)
                 parts[h.key] = val.reshape(a.shape[0], *part.shape).astype(part.dtype)
         if isinstance(space, spaces.Dict):
             return {k: parts[k] for k in space.spaces}

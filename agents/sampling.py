@@ -13,12 +13,13 @@ measures the difference instead of hiding it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from hadmc.errors import ConfigError
+from hadmc.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -42,6 +43,11 @@ def kl_divergence_log(log_q: Tensor, log_p: Tensor) -> Tensor:
     return terms.sum(-1)
 
 
+# A criterion for a*: (log p_theta, log p_target, a) -> residual, decreasing in a, 0 at a*
+SAMPLING_CRITERIA: Registry[Callable[[Tensor, Tensor, Tensor], Tensor]] = Registry("sampling criterion", ConfigError)
+
+
+@SAMPLING_CRITERIA.register("kl")
 def _kl_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     # KL(q||theta) - KL(q||target) = E_q[log target - log theta]; decreasing in a (derivative -Var_q)
     log_q = geometric_family_log(log_theta, log_target, a)
@@ -50,6 +56,7 @@ def _kl_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     return (q * ell).sum(-1)
 
 
+@SAMPLING_CRITERIA.register("ess")
 def _ess_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     # log sum theta^2/q - log sum target^2/q: > 0 at a = 0, < 0 at a = 1
     log_q = geometric_family_log(log_theta, log_target, a)
@@ -60,16 +67,9 @@ def _ess_residual(log_theta: Tensor, log_target: Tensor, a: Tensor) -> Tensor:
     return lt - lg
 
 
-CRITERIA: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"kl": _kl_residual, "ess": _ess_residual}
-
-
 def criterion_residual(log_theta: Tensor, log_target: Tensor, a: Tensor, criterion: str = "kl") -> Tensor:
     """The balance residual of ``criterion`` at ``a`` (0 at a*): KL or log-ESS difference."""
-    try:
-        fn = CRITERIA[criterion]
-    except KeyError:
-        raise ConfigError(f"unknown sampling criterion {criterion!r}; valid: {', '.join(CRITERIA)}") from None
-    return fn(log_theta, log_target, a)
+    return SAMPLING_CRITERIA.get(criterion)(log_theta, log_target, a)
 
 
 def optimal_sampling_log(
@@ -94,9 +94,7 @@ def optimal_sampling_log(
     batch = lt.shape[:-1]
     lo = torch.zeros(batch, dtype=torch.float64)
     hi = torch.ones(batch, dtype=torch.float64)
-    res_fn = CRITERIA.get(criterion)
-    if res_fn is None:
-        raise ConfigError(f"unknown sampling criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    res_fn = SAMPLING_CRITERIA.get(criterion)
     mid = 0.5 * (lo + hi)
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)
@@ -169,6 +167,14 @@ class EliteTarget:
         self.smoothing = smoothing
         self._elite: list[tuple[float, dict[str, np.ndarray]]] = []
 
+    @classmethod
+    def for_heads(cls, heads: Sequence[Any], n_elite: int = 16) -> "EliteTarget":
+        """A target over the categorical ones of a policy's heads (``HeadSpec``s)."""
+        sizes = {h.name: h.size for h in heads if h.kind == "categorical"}
+        if not sizes:
+            raise ConfigError("behaviour 'optimal-elite' needs at least one categorical head")
+        return cls(sizes, n_elite)
+
     @property
     def ready(self) -> bool:
         return bool(self._elite)
@@ -178,6 +184,14 @@ class EliteTarget:
         self._elite.append((float(episode_return), {k: np.asarray(v) for k, v in actions.items() if k in self.head_sizes}))
         self._elite.sort(key=lambda x: -x[0])
         del self._elite[self.n_elite:]
+
+    def state_dict(self) -> list[tuple[float, dict[str, list[int]]]]:
+        """The elite episodes as plain lists (for weights-only checkpoints)."""
+        return [(r, {k: v.tolist() for k, v in acts.items()}) for r, acts in self._elite]
+
+    def load_state_dict(self, state: list[tuple[float, dict[str, list[int]]]]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self._elite = [(float(r), {k: np.asarray(v) for k, v in acts.items()}) for r, acts in state]
 
     def log_probs(self, head: str, step_index: np.ndarray) -> Tensor:
         """log target [len(step_index), n_options] of ``head`` at the given step indices."""

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hadmc.agents import losses as L
+from hadmc.errors import ConfigError
 
 
 
@@ -100,12 +101,14 @@ def test_ratio_mode_names_parse_and_unknown_names_list_the_valid_ones():
     assert L.parse_ratio_mode("geometric") == L.RatioMode("power", 0.0)
     assert L.parse_ratio_mode("arithmetic") == L.RatioMode("power", 1.0)
     assert L.parse_ratio_mode("power:-0.5") == L.RatioMode("power", -0.5)
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(ConfigError, match="valid: token, joint, power, power:<p>, arithmetic, geometric, harmonic"):
         L.parse_ratio_mode("median")
-    with pytest.raises(ValueError, match="ppo-clip"):
+    with pytest.raises(ConfigError, match="unknown policy loss 'dpo'; valid: pmd-mean, pmd-part, ppo-clip"):
         L.get_policy_loss("dpo")
-    with pytest.raises(ValueError, match="cosine"):
+    with pytest.raises(ConfigError, match="unknown p schedule 'step'; valid: constant, cosine, linear"):
         L.scheduled_p("step", 2, -2, 0.5)
+    with pytest.raises(ConfigError, match="real number"):
+        L.parse_ratio_mode("power:x")
 
 
 def _cleanrl_pg_loss(newlogprob, b_logprobs, adv, clip):
@@ -220,3 +223,28 @@ def test_adaptive_selection_follows_volatility_then_progress_with_configurable_t
     assert L.select_ratio_mean([100, 102, 104, 106, 108, 110]) == "geometric"
     assert L.select_ratio_mean([100, 102, 104, 106, 108, 110], progress_threshold=0.5) == "arithmetic"
     assert L.select_ratio_mean([10, 100, 5, 120, 3, 90], volatility_threshold=5.0) in ("arithmetic", "geometric")
+
+
+@pytest.mark.parametrize("log_space_clip", [False, True])
+@pytest.mark.parametrize("mode", ["joint", "arithmetic", "power:2"])
+def test_row_ratios_past_float32_exp_overflow_give_finite_losses_and_gradients(mode, log_space_clip):
+    # summed log-ratio 100 > 88.7, where exp overflows float32: NaN gradients for A > 0
+    # without log-space clipping, an infinite loss for A < 0 even with it
+    lr = torch.tensor([[50.0, 50.0], [50.0, 50.0], [-60.0, -60.0]], dtype=torch.float32, requires_grad=True)
+    adv = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float32)
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    loss = L.ppo_clip_loss(lr, mask, adv, L.parse_ratio_mode(mode), log_space_clip=log_space_clip)
+    assert torch.isfinite(loss).all(), loss
+    loss.sum().backward()
+    assert torch.isfinite(lr.grad).all(), lr.grad
+    # A > 0: clipped at 1 + eps; A < 0: large but finite, bounded in log space
+    assert float(loss[0]) == pytest.approx(-1.2)
+    assert float(loss[1]) == pytest.approx(math.exp(L.LOG_RATIO_BOUND), rel=1e-5)
+
+
+def test_log_space_clip_bounds_negative_advantages_in_float32_too():
+    big = torch.tensor([100.0, 1000.0], dtype=torch.float32, requires_grad=True)
+    out = L.log_space_clipped_surrogate(big, torch.tensor([-1.0, -1.0]), 0.2, 0.2)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(big.grad).all()

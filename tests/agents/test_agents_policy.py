@@ -9,7 +9,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from hadmc.agents.policy import ActorCritic, encode_observation
+from hadmc.agents.policy import ActionMasks, ActorCritic, encode_observation
 from hadmc.errors import ConfigError
 
 ACTIONS = spaces.Dict({
@@ -69,11 +69,11 @@ def test_distillation_transform_and_log_prob_of_the_pre_transform_sample():
     assert env_a[:, 0].min() >= 1.0 and env_a[:, 0].max() <= 20.0
     assert (env_a[:, 1] > 0).all() and (env_a[:, 1] < 1).all()
     d = pol.head_names.index("distillation")
-    col = pol._col_slice[d]
+    col = pol.action_slice("distillation")
     x = actions[:, col]
     np.testing.assert_allclose(env_a[:, 1], 1 / (1 + np.exp(-x[:, 1].numpy())), rtol=1e-5)
     _, means, _ = pol(obs)
-    ref = torch.distributions.Normal(means[:, pol._mean_slice[d]], math.exp(1.5)).log_prob(x).sum(-1)
+    ref = torch.distributions.Normal(means[:, pol.mean_slice("distillation")], math.exp(1.5)).log_prob(x).sum(-1)
     assert torch.allclose(logp[:, d], ref, atol=1e-5)
 
 
@@ -101,3 +101,24 @@ def test_no_mask_in_info_means_everything_valid_and_bad_masks_say_what_to_fix():
     assert not pol.masks_from_info(bad, 2).heads[:, pol.head_names.index("quantization")].any()
     with pytest.raises(ConfigError, match="options per env"):
         pol.masks_from_info({"action_mask": {"pruning": np.ones((2, 4), bool)}, "_action_mask": np.ones(2, bool)}, 2)
+
+
+def test_an_all_false_option_mask_of_an_inactive_head_gives_zero_log_prob_and_entropy_not_nan():
+    torch.manual_seed(2)
+    pol = ActorCritic(OBS, ACTIONS)
+    n = 8
+    obs = torch.randn(n, 6)
+    actions, _, _ = pol.act(obs)
+    q = pol.head_names.index("quantization")
+    heads = torch.ones(n, len(pol.heads), dtype=torch.bool)
+    heads[:, q] = False
+    options = torch.ones(n, pol.n_logits, dtype=torch.bool)
+    options[:, pol.logit_slice("quantization")] = False  # passed straight to ActionMasks
+    masks = ActionMasks(heads, options)
+    lp, ent, _ = pol.evaluate(obs, actions, masks)
+    assert torch.isfinite(lp).all() and torch.isfinite(ent).all()
+    assert (lp[:, q] == 0).all() and (ent[:, q] == 0).all()
+    (lp.sum() + ent.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in pol.parameters() if p.grad is not None)
+    a2, lp2, _ = pol.act(obs, masks)
+    assert torch.isfinite(lp2).all() and (lp2[:, q] == 0).all()
