@@ -111,6 +111,9 @@ class DynaPPO(Searcher):
         except ConfigError as exc:
             raise ConfigError(f"agent settings: {exc}") from None
         self._env_probe = self._model_env()  # encoder, layout and masks of the MDP (never stepped)
+        # The Gaussian distillation head starts at the usual KD recipe (T 4, alpha 0.7) rather
+        # than at T = clip(0) = 1, where its clipped samples would give it no gradient to move.
+        start_distillation_at(self.trainer.policy, temperature=4.0, alpha=0.7)
 
     def _model_env(self):
         from hadmc.envs.compression_env import HadMcCompressionEnv
@@ -218,7 +221,7 @@ class DynaPPO(Searcher):
         self._refit()
         steps = self.context.config.agent.predicted_episodes * self.episode_steps
         if steps > 0:
-            self.trainer.learn(self.trainer.num_timesteps + steps)
+            self.trainer.learn(steps, reset_num_timesteps=False)
             self.rounds += 1
             self.trainer.save(self.checkpoint)  # written atomically
             write_json(self.directory / "training_curves.json", self.curves)
@@ -358,7 +361,7 @@ class OnPolicyPPO(EnvDrivenSearcher):
         if self.checkpoint.is_file():
             trainer.load(self.checkpoint)
         while True:  # one rollout (whole episodes) per call, then a checkpoint
-            trainer.learn(trainer.num_timesteps + cfg["n_steps"])
+            trainer.learn(cfg["n_steps"], reset_num_timesteps=False)
             trainer.save(self.checkpoint)  # written atomically
             write_json(self.directory / "training_curves.json", self.curves)
 
@@ -393,6 +396,24 @@ class PPOSearcher(Searcher):
 
     def close(self) -> None:
         self.impl.close()
+
+
+def start_distillation_at(policy, temperature: float, alpha: float) -> None:
+    """Set the initial mean of the policy's distillation head (T = clip(x, 1, 20),
+    alpha = sigmoid(y)) to (`temperature`, `alpha`)."""
+    import math
+
+    import torch
+
+    column = 0
+    for head in policy.heads:
+        if head.kind != "gaussian":
+            continue
+        if head.key == "distillation" and head.size == 2:
+            with torch.no_grad():
+                policy.mean_head.bias[column] = float(temperature)
+                policy.mean_head.bias[column + 1] = math.log(alpha / (1.0 - alpha))
+        column += head.size
 
 
 class _CurveSink:

@@ -128,3 +128,13 @@ def test_plan_space_round_trips_plans_and_masks_fusion_on_a_refusing_backend():
     assert space.uniform(0.5, "int8").groups["conv1"].prune_ratio == 0.5
     assert space.uniform(0.5, "int8").groups["fc"].prune_ratio == 0.0  # the classifier keeps its outputs
     run.close()
+
+
+def test_the_agent_starts_its_distillation_at_the_usual_recipe_not_at_the_clip():
+    run = surrogate_run(config("ppo", budget=4))
+    searcher = run.make_searcher()
+    plans = searcher.impl.sample_plans(64)
+    temperatures = [p.distill.temperature for p in plans]
+    assert 2.5 < sum(temperatures) / len(temperatures) < 5.5 and sum(t == 1.0 for t in temperatures) < 16
+    assert 0.5 < sum(p.distill.alpha for p in plans) / len(plans) < 0.85
+    run.close()
