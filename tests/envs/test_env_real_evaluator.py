@@ -128,7 +128,8 @@ def test_plan_that_breaks_pruning_gives_the_penalty_an_error_row_and_the_next_ep
 
     data = load_data("digits")
     device = hal.detect_local("cpu")
-    probe = hal.get_latency_probe("ort-cpu", device=device, **{k: v for k, v in TINY["latency"].items()})
+    timing = ("warmup_runs", "warmup_s", "min_iterations", "min_seconds")
+    probe = hal.get_latency_probe("ort-cpu", device=device, **{k: TINY["latency"][k] for k in timing})
     evaluator = PlanEvaluator(
         HardCodedFlatten(data.input_shape[1]), data, device=device, latency_probe=probe,
         pipeline={"max_eval_batches": 2, "calibration_batches": 1}, profile=False,
