@@ -36,7 +36,7 @@ import numpy as np
 
 from hadmc.errors import ConfigError
 from hadmc.evaluation import Evaluation
-from hadmc.files import write_json
+from hadmc.files import write_atomic, write_json
 from hadmc.pareto import hypervolume, non_dominated
 from hadmc.plan import CompressionPlan
 
@@ -91,6 +91,7 @@ class DynaPPO(Searcher):
         self.initial = agent.initial or max(8, context.config.search.budget // 8)
         self.plans: list[CompressionPlan] = []
         self.evaluations: list[Evaluation] = []
+        self.pending: dict[str, CompressionPlan] = {}  # asked, not told yet (in flight on parallel workers)
         self.predictor = PlanPredictor(self.groups, context.baseline, seed=context.seed)
         self._fitted_on = -1
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -166,7 +167,12 @@ class DynaPPO(Searcher):
 
     # -- ask/tell -----------------------------------------------------------------------
     def ask(self, n: int) -> list[CompressionPlan]:
-        seen = {p.key() for p in self.plans}
+        plans = self._ask(n)
+        self.pending.update((p.key(), p) for p in plans)
+        return plans
+
+    def _ask(self, n: int) -> list[CompressionPlan]:
+        seen = {p.key() for p in self.plans} | set(self.pending)
         if len(self.plans) < self.initial:
             return _fresh(self.sample_plans(4 * n) + [self.space.sample(self.rng) for _ in range(4 * n)], seen, n)
         self._refit()
@@ -194,6 +200,9 @@ class DynaPPO(Searcher):
         ])  # fmt: skip
         names = list(self.context.objectives)
         front = self._front_matrix(names)
+        if self.pending:  # plans in flight count at their predicted means, as chosen ones do below
+            pending = self._to_min(self._figures(self.predictor.predict(list(self.pending.values())), 0.0), names)
+            front = np.vstack([front, pending]) if len(front) else pending
         ref = self._to_min({k: np.array([v]) for k, v in self.context.reference.items()}, names)[0]
         optimistic = self._to_min(self._figures(pred, KAPPA), names)
         mean = self._to_min(self._figures(pred, 0.0), names)
@@ -242,12 +251,16 @@ class DynaPPO(Searcher):
 
     def tell(self, plans, evaluations, rewards) -> None:
         for p, e in zip(plans, evaluations):
+            self.pending.pop(p.key(), None)
             if e.plan_key not in {x.plan_key for x in self.evaluations}:
                 self.plans.append(p)
                 self.evaluations.append(e)
 
     # -- resume -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # The policy checkpoint of the last training round travels inside the searcher's state,
+        # so one atomic file holds history and agent together: a run killed between a training
+        # round and the next tell resumes with the agent that matches its history.
         return {
             **super().state_dict(),
             "history": [(p.canonical_json(), e.model_dump_json()) for p, e in zip(self.plans, self.evaluations)],
@@ -255,6 +268,7 @@ class DynaPPO(Searcher):
             "rounds": self.rounds,
             "trainer_steps": self.trainer.num_timesteps,
             "curves": json.dumps(self.curves),
+            "policy_checkpoint": self.checkpoint.read_bytes() if self.checkpoint.is_file() else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -264,6 +278,8 @@ class DynaPPO(Searcher):
         self.predicted_episodes = int(state["predicted_episodes"])
         self.rounds = int(state["rounds"])
         self.curves[:] = json.loads(state.get("curves", "[]"))
+        if state.get("policy_checkpoint") is not None:
+            write_atomic(self.checkpoint, state["policy_checkpoint"])
         if self.checkpoint.is_file():
             self.trainer.load(self.checkpoint)
 
