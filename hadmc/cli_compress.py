@@ -295,7 +295,8 @@ def _print_result(cfg, result, seconds: float) -> None:
     execution = result.searcher.get("execution")
     if execution:
         console.print(
-            f"{execution['workers']} {execution['executor']} workers ({execution['threads_per_worker']} torch threads each); "
+            f"{execution['workers']} {execution['executor']} workers ({execution['threads_per_worker']} torch "
+            f"thread{'s' if execution['threads_per_worker'] > 1 else ''} each); "
             f"latency {execution['latency']}.",
             soft_wrap=True,
         )

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -240,8 +241,10 @@ class WorkerRuntime:
         with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
             torch.set_num_interop_threads(1)
         config = RunConfig.model_validate_json(spec.config_json)
-        if not spec.shared_store:
-            config = config.model_copy(update={"run_dir": Path(tempfile.gettempdir()) / "hadmc-workers" / spec.token})
+        #: the node-local folder of a worker that cannot reach the run's database (its measurement cache)
+        self.scratch = None if spec.shared_store else Path(tempfile.gettempdir()) / "hadmc-workers" / spec.token
+        if self.scratch is not None:
+            config = config.model_copy(update={"run_dir": self.scratch})
         self.worker = worker
         self.node = node or platform.node()
         self.lock = MeasurementLock(lock_path(spec.token))
@@ -628,6 +631,11 @@ class RayWorker:
     def evaluate(self, task: Task) -> Done:
         return self.runtime.evaluate(task)
 
+    def cleanup(self) -> None:
+        """Remove the node-local measurement cache (the run is over; its figures are in the run store)."""
+        if self.runtime.scratch is not None:
+            shutil.rmtree(self.runtime.scratch, ignore_errors=True)
+
 
 @dataclass
 class _Actor:
@@ -728,6 +736,10 @@ class RayExecutor(Executor):
         self._start(actor)
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: a dead or busy actor keeps its cache
+            refs = [a.handle.cleanup.remote() for a in self._actors if a.handle is not None and a.ready and a.task is None]
+            if refs:
+                self.ray.wait(refs, num_returns=len(refs), timeout=10)
         for a in self._actors:
             if a.handle is not None:
                 with contextlib.suppress(Exception):
