@@ -40,6 +40,10 @@ OPTION_PATHS: dict[str, str] = {
     "threads": "latency.threads",
     "seed": "seed",
     "name": "name",
+    "workers": "execution.workers",
+    "executor": "execution.executor",
+    "address": "execution.address",
+    "deployed_model": "deployed_model",
 }
 
 

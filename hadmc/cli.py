@@ -300,6 +300,7 @@ def evaluate(
 _add_probe_commands()
 from . import cli_compress  # noqa: E402,F401  (registers `hadmc compress`)
 from . import cli_report  # noqa: E402,F401  (registers `hadmc report`, `compare`, `export`)
+from . import cli_delta  # noqa: E402,F401  (registers `hadmc delta`, `hadmc apply-delta`, `hadmc probe push`)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

@@ -43,6 +43,8 @@ class CompressDisplay:
         self.message = ""
         self.run: Any = None
         self.live: Live | None = None
+        self.workers = 1
+        self.in_flight = 0
 
     # -- events ---------------------------------------------------------------------------
     def __call__(self, kind: str, info: dict) -> None:
@@ -62,6 +64,7 @@ class CompressDisplay:
             self.phase = info["phase"]
             self.stage = "starting"
             self.message = ""
+            self.in_flight = info.get("in_flight", 1)
         elif kind == "stage":
             self.stage = info["stage"]
         elif kind == "resumed":
@@ -82,6 +85,7 @@ class CompressDisplay:
             self.finalize_done += 1
             return
         self.done = info["done"]
+        self.in_flight = max(0, self.in_flight - 1)
         if not o.cached:
             self.new_walls.append(ev.wall_s)
         if self.run is not None:
@@ -114,7 +118,7 @@ class CompressDisplay:
         if not self.new_walls:
             return None
         mean = sum(self.new_walls) / len(self.new_walls)
-        return mean * max(self.budget - self.done, 0)
+        return mean * max(self.budget - self.done, 0) / max(1, self.workers)
 
     def render(self) -> Group:
         t = Table.grid(padding=(0, 2))
@@ -125,6 +129,8 @@ class CompressDisplay:
         t.add_row("evaluations", Group(bar, f"{self.done}/{self.budget}" + (f"  ETA {_duration(eta)} (then the final front)" if eta else "")))
         if self.phase == "final":
             t.add_row("final front", f"{self.finalize_done}/{self.finalize_total} plans at full fidelity on the test split: {self.stage}")
+        elif self.workers > 1:
+            t.add_row("now", f"{self.in_flight} plans evaluating on {self.workers} workers (latency measured one at a time)")
         else:
             t.add_row("now", f"plan {self.done + 1}: {self.stage}")
         if self.best is not None:
@@ -184,6 +190,10 @@ def compress(
     loss: Annotated[Optional[str], typer.Option(help="PPO loss: ppo-clip | pmd-mean | pmd-part.")] = None,
     advantage: Annotated[Optional[str], typer.Option(help="Advantage estimator: gae | group | loo | ploo.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the search and of recovery training.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Plans evaluated at once, each by a worker with its own evaluator; latency is still measured one artifact at a time.", min=1, max=256)] = None,
+    executor: Annotated[Optional[str], typer.Option(help="Where the workers run: process (this machine) | ray (a Ray cluster; pip install 'hadmc[ray]').")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here.")] = None,
+    deployed_model: Annotated[Optional[Path], typer.Option(help="ONNX model the devices run now: each plan's delta patch size against it is recorded.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress still on stderr).")] = False,
@@ -203,9 +213,11 @@ def compress(
         config, target=target, out=out, model=model, weights=weights, data=data, image_size=image_size, device=device,
         latency_budget_ms=latency_budget_ms, hard_latency_budget=hard_latency_budget, min_accuracy=min_accuracy,
         budget=budget, searcher=searcher, fidelity=fidelity, ratio_mean=ratio_mean, loss=loss, advantage=advantage, seed=seed,
+        workers=workers, executor=executor, address=address, deployed_model=deployed_model,
     )  # fmt: skip
     interactive = sys.stderr.isatty() and not as_json
     display = CompressDisplay(cfg.search.budget, interactive)
+    display.workers = cfg.execution.workers
     run = None
     live = Live(display.render(), console=err, refresh_per_second=4, transient=True) if interactive else None
     started = time.perf_counter()
@@ -274,6 +286,20 @@ def _print_result(cfg, result, seconds: float) -> None:
         )
         for v in result.violations:
             console.print(f"[yellow]no plan meets the constraints; the best found misses one: {escape(v)}[/yellow]", soft_wrap=True)
+    if best is not None and best.patch_bytes is not None:
+        console.print(
+            f"update patch of the best plan against the deployed model: {best.patch_bytes / 1e3:.1f} kB "
+            f"({100 * best.patch_bytes / best.model_bytes:.1f}% of the model; {result.run_dir / 'best' / 'update.patch'})",
+            soft_wrap=True,
+        )
+    execution = result.searcher.get("execution")
+    if execution:
+        console.print(
+            f"{execution['workers']} {execution['executor']} workers ({execution['threads_per_worker']} torch "
+            f"thread{'s' if execution['threads_per_worker'] > 1 else ''} each); "
+            f"latency {execution['latency']}.",
+            soft_wrap=True,
+        )
     d = result.run_dir
     n = result.searcher.get("predicted_episodes")
     trained = f"; the agent also trained on {n} predicted episodes" if n else ""

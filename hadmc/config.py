@@ -234,6 +234,37 @@ class AgentSettings(_Strict):
     ppo: dict[str, Any] = Field(default_factory=dict)
 
 
+class ExecutionSettings(_Strict):
+    """Where plans are evaluated; changes no figure, so a run may resume with other settings.
+
+    :param workers: plans evaluated at once. 1 evaluates in this process; more start worker
+        processes (or Ray actors), each with its own evaluator built once, and latency is then
+        measured one artifact at a time per machine under a lock the workers share
+    :param executor: ``process`` (worker processes on this machine) or ``ray`` (Ray actors on
+        a Ray cluster; ``pip install 'hadmc[ray]'``)
+    :param address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``);
+        None starts a local Ray instance
+    :param threads_per_worker: torch threads of each worker (None: the machine's cores divided
+        by the workers, at least 1), so workers do not fight over cores
+    """
+
+    workers: int = Field(1, ge=1, le=256, description="plans evaluated at once")
+    executor: Literal["process", "ray"] = Field("process", description="process (this machine) or ray (a Ray cluster)")
+    address: str | None = Field(None, min_length=1, description="Ray cluster address (executor ray only); None starts Ray locally")
+    threads_per_worker: int | None = Field(None, ge=1, le=1024, description="torch threads per worker (None: cores // workers)")
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> ExecutionSettings:
+        if self.address is not None and self.executor != "ray":
+            raise ValueError("address names a Ray cluster: set executor: ray (--executor ray) or drop it")
+        return self
+
+    @property
+    def parallel(self) -> bool:
+        """Plans go to workers (processes or actors) rather than being evaluated in this process."""
+        return self.workers > 1 or self.executor == "ray"
+
+
 class RunConfig(_Strict):
     """One compression run.
 
@@ -252,6 +283,9 @@ class RunConfig(_Strict):
     :param agent: the PPO agent of the ppo / sb3-ppo searchers
     :param pipeline: how plans are applied
     :param failure_penalty: reward of a plan that fails to apply or measure (negative)
+    :param deployed_model: the ONNX model the devices in the field already run: every plan's
+        delta patch against it (``hadmc delta``) is sized and recorded next to its figures
+    :param execution: how many plans are evaluated at once, and where (see `ExecutionSettings`)
     :param run_dir: where ``hadmc.db`` and artifacts go (None = ``runs/<name>``)
     :param use_cache: reuse the stored evaluation of an identical plan instead of re-applying it
     :param seed: seed of data splits, recovery training and the environment
@@ -271,6 +305,8 @@ class RunConfig(_Strict):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     failure_penalty: float = Field(-20.0, le=0.0, description="reward of a failed plan (at the default weights, as bad as losing all accuracy)")
+    deployed_model: Path | None = Field(None, description="ONNX model already deployed: each plan's patch size against it is recorded")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     run_dir: Path | None = None
     use_cache: bool = True
     seed: int = Field(0, ge=0)
@@ -284,6 +320,16 @@ class RunConfig(_Strict):
             except ConfigError as exc:
                 raise ValueError(f"{exc}; pass a local .pt/.pth or .safetensors file") from None
         return weights
+
+    @field_validator("deployed_model")
+    @classmethod
+    def _deployed_exists(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                check_user_file(path, "deployed model", ConfigError)
+            except ConfigError as exc:
+                raise ValueError(f"{exc}; pass the ONNX file the devices run now") from None
+        return path
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -335,6 +381,8 @@ class RunConfig(_Strict):
         )
         ctx["latency"].pop("token", None)  # a secret, and it does not change a figure
         ctx["phase"] = phase
+        if self.deployed_model is not None:  # adds a figure (the patch size); absent, contexts stay as they were
+            ctx["deployed_model"] = hashlib.sha256(Path(self.deployed_model).read_bytes()).hexdigest()
         if phase == "search":
             ctx["fidelity"] = self.search.fidelity
             ctx["hard_latency_budget"] = self.constraints.latency_budget_ms if self.constraints.hard_latency_budget else None
@@ -348,6 +396,7 @@ __all__ = [
     "RelativeSettings",
     "Constraints",
     "EnergySettings",
+    "ExecutionSettings",
     "LatencySettings",
     "ObjectiveWeights",
     "PipelineSettings",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import platform
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,8 +78,11 @@ class Evaluation(BaseModel):
     skipped: str | None = Field(None, description="why recovery and accuracy were skipped (a hard constraint missed)")
     artifact_sha256: str | None = Field(None, description="SHA-256 of the saved ONNX artifact these figures were measured on")
     bn_recalibrated: bool | None = Field(None, description="BatchNorm statistics were re-estimated after recovery")
+    patch_bytes: int | None = Field(None, description="size of the patch (`hadmc delta`) from the run's deployed model to this artifact")
+    patch_base_sha256: str | None = Field(None, description="SHA-256 of the deployed model the patch applies to")
     notes: list[str] = Field(default_factory=list)
     device: str = ""
+    node: str | None = Field(None, description="the machine (host name; Ray node id and host name) that applied and evaluated the plan")
     probe: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per pipeline stage")
@@ -165,6 +171,11 @@ class PlanEvaluator:
         `latency_probe`); final figures always come from `latency_probe`
     :param relative_options: how plans are timed against the original (``block_s``,
         ``min_pairs``, ``max_spread``, ``max_rounds``; None: the HAL's defaults)
+    :param measurement_lock: held around every latency, energy and profiling measurement (a
+        context manager; parallel workers share one, so a figure is never measured while
+        another worker measures; recovery and accuracy runs do not take it)
+    :param deployed_model: ONNX bytes of the model the devices run now: each artifact's patch
+        size against it (`hadmc.hal.delta.make_patch`) is recorded
     """
 
     def __init__(
@@ -187,6 +198,8 @@ class PlanEvaluator:
         profile_plans: bool = False,
         search_latency_probe=None,
         relative_options: dict[str, Any] | None = None,
+        measurement_lock: contextlib.AbstractContextManager | None = None,
+        deployed_model: bytes | None = None,
     ):
         from . import hal
         from .groups import layer_groups
@@ -218,6 +231,16 @@ class PlanEvaluator:
         self.student_cache = int(student_cache)
         self.latency_budget_ms = latency_budget_ms
         self.profile_plans = profile_plans
+        self.measurement_lock = measurement_lock if measurement_lock is not None else contextlib.nullcontext()
+        self._deployed: tuple[str, dict[str, Any]] | None = None
+        if deployed_model is not None:
+            from .hal.delta import PATCH_BLOCK, initializer_manifest
+
+            try:
+                self._deployed = (hal.sha256_hex(deployed_model), initializer_manifest(deployed_model, PATCH_BLOCK))
+            except Exception as exc:  # onnx's DecodeError and friends
+                raise ConfigError(f"the deployed model is not a readable ONNX model ({type(exc).__name__}); pass the .onnx file the devices run") from None
+        self.node = platform.node()
         self.versions = _versions()
         self.groups = layer_groups(self.model, data.example_input())
         self._baselines: dict[str, Evaluation] = {}
@@ -260,7 +283,8 @@ class PlanEvaluator:
             from .groups import with_latency_shares
 
             try:
-                node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
+                with self.measurement_lock:
+                    node_ms = self.latency_probe.profile_nodes(compressed.onnx_bytes)
                 self.groups = with_latency_shares(self.groups, node_ms, compressed.onnx_bytes)
             except Exception as exc:  # profiling is a feature, not a requirement
                 log.warning("per-node profiling failed (%s); latency shares left unknown", exc)
@@ -303,10 +327,23 @@ class PlanEvaluator:
         from .hal import measure_latency_and_energy
 
         probe = self.search_latency_probe if phase == "search" else self.latency_probe
-        return measure_latency_and_energy(
-            probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference,
-            relative_options=self.relative_options, measured=measured,
-        )  # fmt: skip
+        with self.measurement_lock:
+            return measure_latency_and_energy(
+                probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference,
+                relative_options=self.relative_options, measured=measured,
+            )  # fmt: skip
+
+    def _patch_fields(self, onnx_bytes: bytes, timings: dict[str, float]) -> dict[str, Any]:
+        """The size of the patch from the deployed model to this artifact (none without one)."""
+        if self._deployed is None:
+            return {}
+        from .hal.delta import encode_patch, make_delta
+
+        t = time.perf_counter()
+        sha, manifest = self._deployed
+        size = len(encode_patch(make_delta(onnx_bytes, manifest)))
+        timings["patch_s"] = time.perf_counter() - t
+        return {"patch_bytes": size, "patch_base_sha256": sha}
 
     def accuracy_on(self, onnx_bytes: bytes, split: str) -> float:
         """Top-1 of an artifact on `split`, run where latency is measured (for benchmarks that
@@ -416,6 +453,7 @@ class PlanEvaluator:
             "plan": json.loads(plan.canonical_json()),
             "phase": phase,
             "device": self.device.id,
+            "node": self.node,
             "probe": (self.search_latency_probe if phase == "search" else self.latency_probe).settings(),
             "versions": self.versions,
         }
@@ -484,6 +522,7 @@ class PlanEvaluator:
                 bn_recalibrated=recalibrated,
                 group_latency_ms=group_ms,
                 notes=notes,
+                **self._patch_fields(art.onnx_bytes, timings),
                 provenance={
                     "accuracy": "measured",
                     "latency_ms": lat.provenance,
@@ -537,7 +576,9 @@ class PlanEvaluator:
         from .groups import group_latency_ms
 
         try:
-            return group_latency_ms(self.groups, self.latency_probe.profile_nodes(onnx_bytes), onnx_bytes)
+            with self.measurement_lock:
+                node_ms = self.latency_probe.profile_nodes(onnx_bytes)
+            return group_latency_ms(self.groups, node_ms, onnx_bytes)
         except Exception as exc:  # a search feature, not a figure
             log.warning("per-node profiling of a plan failed (%s)", exc)
             return None
@@ -554,6 +595,7 @@ def build_evaluator(
     data=None,
     on_train: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    measurement_lock: contextlib.AbstractContextManager | None = None,
 ) -> PlanEvaluator:
     """The real evaluator of a `RunConfig`: data, model, device, probes and measurement cache.
 
@@ -564,6 +606,7 @@ def build_evaluator(
     :param data: a `DataBundle` to use instead of loading `config.data`
     :param on_train: told when the embedded default must be trained first (it takes a while)
     :param on_epoch: told after each epoch of that training (epoch, epochs, seconds, val_accuracy)
+    :param measurement_lock: see `PlanEvaluator` (parallel workers share one)
     """
     from . import hal
     from .data import load_data
@@ -627,4 +670,6 @@ def build_evaluator(
         latency_budget_ms=budget,
         search_latency_probe=search_probe,
         relative_options=lat.relative.model_dump(),
+        measurement_lock=measurement_lock,
+        deployed_model=Path(config.deployed_model).read_bytes() if config.deployed_model is not None else None,
     )

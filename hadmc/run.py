@@ -107,6 +107,10 @@ class CompressionRun:
     :param model: an `nn.Module` to compress instead of ``config.model`` (Python API)
     :param data: a `DataBundle` instead of loading ``config.data``
     :param on_event: receives progress events (see `EventSink`)
+    :param evaluator_factory: builds each worker's evaluator when ``config.execution`` asks for
+        workers (default `hadmc.parallel.build_worker_evaluator`; a test seam: see `EvaluatorFactory`)
+    :param executor: an `hadmc.parallel.Executor` to evaluate plans with, instead of the one
+        ``config.execution`` describes
     """
 
     def __init__(
@@ -119,9 +123,12 @@ class CompressionRun:
         model: Any = None,
         data: Any = None,
         on_event: EventSink | None = None,
+        evaluator_factory: Any = None,
+        executor: Any = None,
     ) -> None:
         self.config = config
         self.on_event = on_event
+        self.executor = executor
         built_here = evaluator is None
         on_disk = config.run_dir is not None or built_here
         self.run_dir: Path | None = config.resolved_run_dir if on_disk else None
@@ -141,24 +148,25 @@ class CompressionRun:
             )
         if existing is not None:
             self._check_same_config(store.run_config(existing))
-        if evaluator is None:
+        on_train = lambda msg: self._emit("training", {"message": msg})  # noqa: E731
+        on_epoch = lambda info: self._emit("training_epoch", info)  # noqa: E731
+        if evaluator is None and (executor is not None or config.execution.parallel):
+            evaluator = self._start_workers(evaluator_factory, model, data, on_train, on_epoch)
+        elif evaluator is None:
             from .evaluation import build_evaluator
 
-            evaluator = build_evaluator(
-                config, model=model, data=data,
-                on_train=lambda msg: self._emit("training", {"message": msg}),
-                on_epoch=lambda info: self._emit("training_epoch", info),
-            )  # fmt: skip
+            evaluator = build_evaluator(config, model=model, data=data, on_train=on_train, on_epoch=on_epoch)
         self.evaluator = evaluator
         self.groups = list(evaluator.groups)
         self.run_id = store.open_run(config.name, config.model_dump(mode="json"))
         # The report draws per-group decisions in network order; plan JSON sorts the names.
         store.set_meta(self.run_id, groups=[g.name for g in self.groups])
-        fingerprint = model_fingerprint(evaluator.model) if hasattr(evaluator, "model") else "-"
+        fingerprint = getattr(evaluator, "fingerprint", None) or (model_fingerprint(evaluator.model) if hasattr(evaluator, "model") else "-")
         # The evaluator's class is part of the context so surrogate figures can never be
-        # served to a real run with the same configuration.
+        # served to a real run with the same configuration (workers report theirs).
+        kind = getattr(evaluator, "evaluator_name", None) or type(evaluator).__name__
         self.contexts: dict[str, str] = {
-            phase: f"{type(evaluator).__name__}:{fingerprint}:{config.evaluation_context(phase)}" for phase in ("search", "final")
+            phase: f"{kind}:{fingerprint}:{config.evaluation_context(phase)}" for phase in ("search", "final")
         }
         self._baselines: dict[str, Evaluation] = {}
         self.archives: dict[str, ParetoArchive] = {}
@@ -167,6 +175,22 @@ class CompressionRun:
         self._scratch = None
         if self.run_dir is not None:
             write_atomic(self.run_dir / "config.yaml", config.dump_yaml())
+
+    def _start_workers(self, factory, model, data, on_train, on_epoch):
+        """Start the executor's workers; the run's facts come from the first one ready."""
+        from .parallel import start_executor
+
+        if self.executor is None:
+            if self.config.model == "default" and self.config.execution.executor == "process":
+                from .models import load_default_model
+
+                load_default_model(on_train=on_train, on_epoch=on_epoch)  # trained once here, not by every worker
+            self.executor = start_executor(self.config, factory=factory, model=model, data=data)
+        try:
+            return self.executor.start()
+        except BaseException:
+            self.executor.close()
+            raise
 
     # -- construction checks ------------------------------------------------------------
     def _check_run_dir(self, resume: bool | None) -> None:
@@ -182,7 +206,7 @@ class CompressionRun:
         if not stored:
             return
         now = self.config.model_dump(mode="json")
-        free = {"name", "run_dir"}
+        free = {"name", "run_dir", "execution"}  # where plans are evaluated changes no figure
         differ = []
         for key in sorted(set(now) | set(stored)):
             if key in free:
@@ -196,7 +220,7 @@ class CompressionRun:
         if differ:
             raise ConfigError(
                 f"run {self.config.name!r} was started with other settings for: {', '.join(differ)}; resume it with "
-                "its own config.yaml (only search.budget may change) or start a new run with --out"
+                "its own config.yaml (only search.budget and the execution settings may change) or start a new run with --out"
             )
 
     # -- facts --------------------------------------------------------------------------
@@ -276,24 +300,49 @@ class CompressionRun:
         return [o.evaluation for o in self.evaluate_outcomes(plans, phase)]
 
     def evaluate_outcomes(self, plans: Sequence[CompressionPlan], phase: Phase = "search") -> list[Outcome]:
-        """Like `evaluate`, with each plan's reward and whether it was cached or joined the front."""
-        out: list[Outcome] = []
-        seen: dict[str, Outcome] = {}
+        """Like `evaluate`, with each plan's reward and whether it was cached or joined the front.
+
+        New plans are evaluated here one after another, or all at once by the workers."""
+        slots: list[Outcome | str] = []  # an outcome, or the key of a new plan evaluated below
+        new: dict[str, Any] = {}  # key -> the resolved plan, or the ticket of a worker evaluating it
         for plan in plans:
-            try:
-                resolved = self.resolve(plan)
-            except HadmcError as exc:
-                ev = Evaluation(plan_key=plan.key(), plan=plan.model_dump(mode="json"), phase=phase, error=f"{type(exc).__name__}: {exc}")
-                out.append(self._record(ev, phase))
+            resolved = self._resolved(plan, phase)
+            if isinstance(resolved, Outcome):
+                slots.append(resolved)
                 continue
             key = resolved.key()
-            if key in seen:
-                out.append(_as_cached(seen[key]))
-                continue
-            outcome = self._known(key, phase) or self._evaluate_new(resolved, phase)
-            seen[key] = outcome
-            out.append(outcome)
+            if key not in new:
+                known = self._known(key, phase)
+                if known is not None:
+                    slots.append(known)
+                    continue
+                new[key] = self._submit(resolved, phase) if self.executor is not None else resolved
+            slots.append(key)
+        outcomes: dict[str, Outcome] = {}
+        if self.executor is None:
+            for key, plan in new.items():
+                outcomes[key] = self._evaluate_new(plan, phase)
+        else:
+            waiting = {ticket: key for key, ticket in new.items()}
+            while waiting:
+                for done in self.executor.wait():
+                    outcomes[waiting.pop(done.ticket)] = self._finish(done, phase)
+        out, given = [], set()
+        for slot in slots:
+            if isinstance(slot, str):  # a plan repeated in `plans` is answered from its first evaluation
+                out.append(_as_cached(outcomes[slot]) if slot in given else outcomes[slot])
+                given.add(slot)
+            else:
+                out.append(slot)
         return out
+
+    def _resolved(self, plan: CompressionPlan, phase: Phase) -> CompressionPlan | Outcome:
+        """The plan resolved against the model's groups, or its recorded failure when it does not fit."""
+        try:
+            return self.resolve(plan)
+        except HadmcError as exc:
+            ev = Evaluation(plan_key=plan.key(), plan=plan.model_dump(mode="json"), phase=phase, error=f"{type(exc).__name__}: {exc}")
+            return self._record(ev, phase)
 
     def _known(self, key: str, phase: Phase) -> Outcome | None:
         if not self.config.use_cache:
@@ -320,11 +369,25 @@ class CompressionRun:
         except Exception as exc:  # the evaluator should not raise; if it does the run goes on
             log.exception("evaluating plan %s raised", plan.key()[:12])
             ev = Evaluation(plan_key=plan.key(), plan=plan.model_dump(mode="json"), phase=phase, error=f"{type(exc).__name__}: {exc}")
-        if compressed is not None:
-            digest = hashlib.sha256(compressed.onnx_bytes).hexdigest()
-            write_atomic(self.artifact_path(ev.plan_key), compressed.onnx_bytes)
-            ev = ev.model_copy(update={"artifact_sha256": digest})
-        return self._record(ev, phase)
+        return self._record(self._keep_artifact(ev, compressed.onnx_bytes if compressed is not None else None), phase)
+
+    def _keep_artifact(self, ev: Evaluation, onnx_bytes: bytes | None) -> Evaluation:
+        """Save a final evaluation's artifact (the figures name its SHA-256)."""
+        if onnx_bytes is None:
+            return ev
+        write_atomic(self.artifact_path(ev.plan_key), onnx_bytes)
+        return ev.model_copy(update={"artifact_sha256": hashlib.sha256(onnx_bytes).hexdigest()})
+
+    # -- evaluation in workers ----------------------------------------------------------
+    def _submit(self, plan: CompressionPlan, phase: Phase) -> int:
+        keep = phase == "final" and self.run_dir is not None
+        ticket = self.executor.submit(plan, phase, keep=keep, profile=bool(getattr(self.evaluator, "profile_plans", False)))
+        self._emit("plan", {"phase": phase, "plan_key": plan.key(), "done": self.distinct(phase), "in_flight": self.executor.in_flight})
+        return ticket
+
+    def _finish(self, done, phase: Phase) -> Outcome:
+        """Record what a worker returned (its artifact saved first)."""
+        return self._record(self._keep_artifact(done.evaluation, done.onnx), phase)
 
     def _record(self, ev: Evaluation, phase: Phase) -> Outcome:
         b = self.reward_breakdown(ev)
@@ -421,7 +484,10 @@ class CompressionRun:
         self.store.set_status(self.run_id, "searching")
         stale = 0
         try:
-            while self.distinct("search") < budget:
+            if self.executor is not None:
+                self.store.set_meta(self.run_id, execution=self.executor.execution())
+                self._search_pooled(searcher, budget)
+            while self.executor is None and self.distinct("search") < budget:
                 want = min(self.config.search.batch, budget - self.distinct("search"))
                 plans = searcher.ask(want)
                 if not plans:
@@ -448,6 +514,65 @@ class CompressionRun:
                 searcher.close()
         self.store.set_status(self.run_id, "searched")
         return searcher
+
+    def _search_pooled(self, searcher, budget: int) -> None:
+        """The search loop with workers: ask for as many plans as there are free workers, tell
+        each outcome as it arrives (any order), checkpoint after every tell. A plan asked while
+        an identical one is in flight waits for it and is told its figures as `cached`."""
+        ex = self.executor
+        flight: dict[int, tuple[CompressionPlan, str]] = {}  # ticket -> (plan as asked, resolved key)
+        by_key: dict[str, int] = {}
+        waiters: dict[int, list[CompressionPlan]] = {}
+        stale, exhausted = 0, False
+
+        def room() -> int:
+            return budget - self.distinct("search") - len(flight)
+
+        while True:
+            want = min(ex.free, room())
+            if want > 0 and not exhausted:
+                plans = searcher.ask(want)
+                if not plans and not flight:
+                    log.warning("searcher %s has no more plans after %d evaluations", searcher.name, self.distinct("search"))
+                    break
+                started = told = 0
+                for plan in plans:
+                    if room() <= 0:
+                        break  # the budget is spoken for; like the sequential loop, the rest is never told
+                    resolved = self._resolved(plan, "search")
+                    if isinstance(resolved, Outcome):  # it does not fit the model: recorded failed
+                        searcher.tell([plan], [resolved.evaluation], [resolved.reward])
+                        started, told = started + 1, told + 1
+                        continue
+                    key = resolved.key()
+                    if key in by_key:
+                        waiters.setdefault(by_key[key], []).append(plan)
+                        continue
+                    known = self._known(key, "search")
+                    if known is not None:
+                        searcher.tell([plan], [known.evaluation], [known.reward])
+                        told += 1
+                        continue
+                    ticket = self._submit(resolved, "search")
+                    flight[ticket], by_key[key] = (plan, key), ticket
+                    started += 1
+                if told:
+                    self.save_searcher(searcher)
+                stale = 0 if started else stale + 1
+                if stale >= 200:
+                    log.warning("searcher %s proposed only known plans 200 times in a row; stopping the search", searcher.name)
+                    exhausted = True
+                if plans and not started and not exhausted:
+                    continue  # only known plans: ask again before waiting
+            if not flight and (exhausted or room() <= 0):
+                break
+            for done in ex.wait():
+                plan, key = flight.pop(done.ticket)
+                del by_key[key]
+                o = self._finish(done, "search")
+                extra = waiters.pop(done.ticket, [])
+                searcher.tell([plan, *extra], [o.evaluation] + [o.evaluation.as_cached()] * len(extra), [o.reward] * (1 + len(extra)))
+                self.save_searcher(searcher)
 
     def _wall(self) -> float:
         """Seconds this run has taken, over all its sessions (a resumed run adds up)."""
@@ -542,6 +667,7 @@ class CompressionRun:
                 **e.model_dump(mode="json", include={
                     "phase", "split", "accuracy", "latency_ms", "latency_p90_ms", "latency_cov", "energy_mj", "model_bytes",
                     "macs", "params", "provenance", "recovery_steps", "full_recovery_steps", "quantization", "artifact_sha256", "plan",
+                    "patch_bytes", "patch_base_sha256", "node",
                 }),
             }  # fmt: skip
 
@@ -557,6 +683,7 @@ class CompressionRun:
                 "best": result.best.plan_key if result.best else None,
                 "violations": result.violations,
                 "hypervolume": self.archive("final").hypervolume(),
+                **({"execution": self.executor.execution()} if self.executor is not None else {}),
             },
         )
         best_dir = d / "best"
@@ -567,10 +694,17 @@ class CompressionRun:
                 best_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, tmp)
                 tmp.replace(best_dir / "model.onnx")
+                if self.config.deployed_model is not None:  # what `hadmc apply-delta` turns the deployed model into this one with
+                    from .hal.delta import make_patch
+
+                    write_atomic(best_dir / "update.patch", make_patch(Path(self.config.deployed_model).read_bytes(), src.read_bytes()))
             write_json(best_dir / "plan.json", result.best.plan)
             write_json(best_dir / "metrics.json", {**row(result.best), "violations": result.violations})
 
     def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
         if self._owns_store:
             self.store.close()
             self._owns_store = False

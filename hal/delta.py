@@ -7,12 +7,17 @@ rebuilds the model and checks its SHA-256. A delta is untrusted input: its block
 lower bound, the sizes it claims are bounded by the server's upload limit, and every block it
 sends must have the length its position implies, so the work of applying one is bounded by
 the bytes actually sent.
+
+The same delta, gzip-compressed, is the patch file of ``hadmc delta`` / ``hadmc apply-delta``
+(`encode_patch`, `decode_patch`): one format on the wire and on disk.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import zlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +32,9 @@ DELTA_BLOCK = 1 << 20
 MIN_DELTA_BLOCK = 4096
 #: largest block a delta may use
 MAX_DELTA_BLOCK = 64 << 20
+#: bytes per block of a patch file: small enough that a fine-tuned head does not drag a
+#: megabyte of unchanged neighbours along
+PATCH_BLOCK = 64 << 10
 _SIZE_TAG = "hadmc-delta-size:"
 _SHA = r"^[0-9a-f]{64}$"
 
@@ -185,3 +193,34 @@ def apply_delta(base_data: bytes, delta: Delta | dict[str, Any], max_bytes: int 
     if sha256_hex(out) != delta.target_sha256:
         raise ProbeError("model rebuilt from the delta does not match its SHA-256; upload it in full")
     return out
+
+
+def encode_patch(delta: dict[str, Any] | Delta) -> bytes:
+    """A delta as a patch file: its JSON, gzip-compressed (deterministic: no timestamp)."""
+    payload = delta.model_dump() if isinstance(delta, Delta) else delta
+    return gzip.compress(json.dumps(payload, sort_keys=True).encode(), compresslevel=6, mtime=0)
+
+
+def make_patch(base_data: bytes, new_data: bytes, block: int = PATCH_BLOCK) -> bytes:
+    """The patch file that turns the ONNX model ``base_data`` into ``new_data``."""
+    return encode_patch(make_delta(new_data, initializer_manifest(base_data, block)))
+
+
+def decode_patch(data: bytes, max_bytes: int = 1 << 30) -> Delta:
+    """Validate a patch file (gzip or plain JSON delta); its inflated size is bounded before
+    it is parsed, so a patch cannot make its reader allocate more than a delta may claim.
+
+    :param max_bytes: the largest model the patch may rebuild
+    """
+    limit = 2 * max_bytes + (1 << 20)  # hex doubles the bytes; the skeleton and names add a little
+    if data[:2] == b"\x1f\x8b":
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            body = inflater.decompress(data, limit + 1)
+        except zlib.error as exc:
+            raise ProbeError(f"patch is not a readable gzip file: {exc}") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise ProbeError(f"patch inflates to more than {limit} bytes; it cannot be a delta of a model of at most {max_bytes} bytes")
+    else:
+        body = data
+    return parse_delta(body, max_bytes)

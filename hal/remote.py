@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +32,15 @@ from .host import HostInfo
 from .results import EnergyResult, LatencyResult, RelativeLatency
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Push:
+    """What `RemoteProbe.push` sent: ``nothing`` (already held), a ``delta`` or the ``model``."""
+
+    sha256: str
+    sent: Literal["nothing", "delta", "model"]
+    bytes_sent: int
 
 
 class RemoteProbe(LatencyProbe):
@@ -116,18 +126,24 @@ class RemoteProbe(LatencyProbe):
     def upload(self, data: bytes, base_sha256: str | None = None) -> str:
         """Make sure the server holds ``data``; with ``base_sha256`` of a model the server
         already has, send only the changed initializer blocks (verified by hash there)."""
+        return self.push(data, base_sha256).sha256
+
+    def push(self, data: bytes, base_sha256: str | None = None) -> Push:
+        """`upload`, saying what went over the wire: nothing (the server holds it), a delta
+        against ``base_sha256``, or the whole model (no base, the server lacks it, or it refused
+        the delta)."""
         sha = sha256_hex(data)
         if self._request("GET", f"/models/{sha}").status_code == 200:
-            return sha
+            return Push(sha, "nothing", 0)
         if base_sha256 is not None and self._request("GET", f"/models/{base_sha256}").status_code == 200:
             manifest = self._ok(self._request("GET", f"/models/{base_sha256}/manifest"), "manifest").json()
             body = json.dumps(make_delta(data, manifest)).encode()
             resp = self._request("POST", f"/models/{base_sha256}/delta", content=body)
             if resp.status_code < 400 and resp.json()["sha256"] == sha:
-                return sha
+                return Push(sha, "delta", len(body))
             log.warning("delta update refused (%s); uploading the whole model", resp.text[:200])
         self._ok(self._request("PUT", f"/models/{sha}", content=data), "upload")
-        return sha
+        return Push(sha, "model", len(data))
 
     # -- probe API ----------------------------------------------------------------------
     def _post_measure(self, sha: str, input_shape: tuple[int, ...] | None, **extra: Any) -> dict[str, Any]:

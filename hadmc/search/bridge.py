@@ -1,10 +1,12 @@
 """Learners that drive a Gymnasium env (Stable-Baselines3, our on-policy PPO) as ask/tell searchers.
 
 Such a learner owns its loop: it steps the env and trains when its rollout is full. Here the
-learner runs in a thread on a `HadMcCompressionEnv` whose plans go to the run through two
-queues: at the end of an episode the env hands its plan to `ask()` and waits; the run
-evaluates it and `tell()` hands the outcome back, which ends the episode. Exactly one of the
-two threads works at any time, so the learner never races the evaluation.
+learner runs in a thread on a `HadMcCompressionEnv` whose plans go to the run through a
+queue: at the end of an episode the env hands its plan to `ask()` and waits on a reply slot of
+its own; the run evaluates it and `tell()` puts the outcome in that slot, which ends the
+episode. Exactly one of the two threads works at any time, so the learner never races the
+evaluation. While its plan is out, the learner has nothing to propose: `ask()` then returns
+no plans rather than waiting (with parallel workers, the run asks again after the next tell).
 
 The learner checkpoints itself (atomically, from its own thread) at the end of every rollout;
 a resumed run restarts it from that checkpoint, and the episodes it replays are served from
@@ -17,6 +19,7 @@ import abc
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,8 +79,8 @@ class EnvDrivenSearcher(Searcher):
 
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
-        self._plans: queue.Queue = queue.Queue()
-        self._outcomes: queue.Queue = queue.Queue()
+        self._plans: queue.Queue = queue.Queue()  # (plan, reply queue) from the learner, or None when it ends
+        self._out: list[tuple[CompressionPlan, queue.Queue]] = []  # handed to the run, not told yet
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.episodes = 0
@@ -106,8 +109,9 @@ class EnvDrivenSearcher(Searcher):
 
     def _exchange(self, plan: CompressionPlan):
         """Learner side: hand `plan` to the run and wait for its outcome."""
-        self._plans.put(plan)
-        outcome = self._outcomes.get()
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._plans.put((plan, reply))
+        outcome = reply.get()
         if outcome is None:
             raise _Stopped
         self.episodes += 1
@@ -115,27 +119,51 @@ class EnvDrivenSearcher(Searcher):
 
     # -- ask/tell -----------------------------------------------------------------------
     def ask(self, n: int) -> list[CompressionPlan]:
+        """The learner's next plan; none while its last plan is still out (it waits on that)."""
         if self._thread is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._run_learner, name=f"hadmc-{self.name}", daemon=True)
             self._thread.start()
-        plan = self._plans.get()
-        if plan is None:
-            if self._error is not None:
-                raise HadmcError(f"the {self.name} learner failed: {type(self._error).__name__}: {self._error}") from self._error
-            return []
-        return [plan]
+        plans: list[CompressionPlan] = []
+        while len(plans) < n:
+            try:  # wait only when nothing is out: then the learner is working on its next plan
+                item = self._plans.get(block=not self._out and not plans)
+            except queue.Empty:
+                break
+            if item is None:
+                self._plans.put(None)  # the learner ended: every later ask sees it too
+                if self._error is not None:
+                    raise HadmcError(f"the {self.name} learner failed: {type(self._error).__name__}: {self._error}") from self._error
+                break
+            self._out.append(item)
+            plans.append(item[0])
+        return plans
 
     def tell(self, plans, evaluations, rewards) -> None:
+        """Outcomes of plans handed out, in any order (matched to the episode that asked)."""
         from hadmc.run import Outcome
 
-        for ev, r in zip(evaluations, rewards):
-            self._outcomes.put(Outcome(ev, float(r)))
+        for plan, ev, r in zip(plans, evaluations, rewards):
+            i = next((i for i, (p, _) in enumerate(self._out) if p is plan), None)
+            if i is None:
+                i = next((i for i, (p, _) in enumerate(self._out) if p.key() == plan.key()), None)
+            if i is not None:
+                self._out.pop(i)[1].put(Outcome(ev, float(r)))
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            self._outcomes.put(None)
-            self._thread.join(timeout=30)
+            for _, reply in self._out:
+                reply.put(None)
+            self._out = []
+            deadline = time.monotonic() + 30
+            while self._thread.is_alive() and time.monotonic() < deadline:  # a plan put after the stop is answered with the stop too
+                try:
+                    item = self._plans.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is not None:
+                    item[1].put(None)
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._thread = None
 
     def state_dict(self) -> dict[str, Any]:

@@ -40,7 +40,8 @@ class GreedySearcher(Searcher):
         self.tried: list[float] = []
         self.asked: set[str] = set()
         self.best: list | None = None  # [reward, plan] of the best complete plan so far
-        self.pending: dict[str, Any] | None = None
+        #: plan key -> what it was asked for ({"probe": ...}, {"tau": ...} or {"refine": True}), until told
+        self.pending: dict[str, dict[str, Any]] = {}
 
     # -- the probes ---------------------------------------------------------------------
     def _probe_plans(self, budget: int) -> list[dict]:
@@ -149,37 +150,42 @@ class GreedySearcher(Searcher):
 
     # -- ask/tell ------------------------------------------------------------------------
     def ask(self, n: int) -> list[CompressionPlan]:
+        """Probes while any are queued (up to `n`); then one threshold or refinement plan per
+        call. Asked while others are pending, the bisection's next step (which waits for the
+        pending result) is skipped for the untried threshold farthest from those tried."""
+        plans: list[CompressionPlan] = []
         if self.queue:
             batch, self.queue = self.queue[:n], self.queue[n:]
-            self.pending = {"probes": batch}
-            plans = [self._probe_plan(p) for p in batch]
+            for probe in batch:
+                plans.append(self._probe_plan(probe))
+                self.pending[plans[-1].key()] = {"probe": probe}
         else:
             tau = self._next_tau()
             if tau is not None:
                 self.tried.append(tau)
-                self.pending = {"tau": tau}
                 plans = [self._plan_for(tau)]
+                self.pending[plans[0].key()] = {"tau": tau}
             else:
                 plan = self._refinement()
-                self.pending = {"refine": True}
                 plans = [plan] if plan is not None else []
+                if plan is not None:
+                    self.pending[plan.key()] = {"refine": True}
         self.asked.update(p.key() for p in plans)
         return plans
 
     def tell(self, plans: Sequence[CompressionPlan], evaluations, rewards) -> None:
-        pending, self.pending = self.pending or {}, None
-        if "probes" in pending:
-            for probe, ev in zip(pending["probes"], evaluations):
-                self.results[probe["id"]] = [ev.accuracy if ev.complete else None, ev.latency_ms]
-            if len(evaluations) < len(pending["probes"]):  # budget ran out mid-batch
-                self.queue = pending["probes"][len(evaluations):] + self.queue
-            return
+        """Any subset of the asked plans, in any order (parallel workers finish out of order)."""
         for p, ev, r in zip(plans, evaluations, rewards):
-            if ev.complete and (not self.best or r > self.best[0]):
-                self.best = [float(r), p.model_dump(mode="json")]
-        if "tau" in pending and evaluations:
-            ev = evaluations[0]
-            i = self._thresholds().index(pending["tau"]) if pending["tau"] in self._thresholds() else None
+            self._told(p, ev, r, self.pending.pop(p.key(), {}))
+
+    def _told(self, plan: CompressionPlan, ev, reward: float, asked: dict[str, Any]) -> None:
+        if "probe" in asked:
+            self.results[asked["probe"]["id"]] = [ev.accuracy if ev.complete else None, ev.latency_ms]
+            return
+        if ev.complete and (not self.best or reward > self.best[0]):
+            self.best = [float(reward), plan.model_dump(mode="json")]
+        if "tau" in asked:
+            i = self._thresholds().index(asked["tau"]) if asked["tau"] in self._thresholds() else None
             c = self.context.config.constraints
             if i is None:
                 return
@@ -193,9 +199,13 @@ class GreedySearcher(Searcher):
                 self.lo, self.hi = (i, self.hi) if keeps else (self.lo, i)
 
     def state_dict(self) -> dict[str, Any]:
+        """What was told; plans asked and never told (the budget ran out, or the run was killed
+        while they were evaluated) are asked again after a resume: probes go back to the queue."""
+        untold = [a["probe"] for a in self.pending.values() if "probe" in a]
         return {
-            **super().state_dict(), "queue": self.queue, "results": self.results, "lo": self.lo, "hi": self.hi,
-            "tried": self.tried, "asked": sorted(self.asked), "best": self.best,
+            **super().state_dict(), "queue": untold + self.queue, "results": self.results, "lo": self.lo, "hi": self.hi,
+            "tried": [t for t in self.tried if t not in {a["tau"] for a in self.pending.values() if "tau" in a}],
+            "asked": sorted(self.asked - set(self.pending)), "best": self.best,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

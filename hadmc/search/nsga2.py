@@ -71,28 +71,41 @@ class NSGA2Searcher(Searcher):
         # Trials asked before a kill and never told are closed as failed, so none stays running.
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        self.pending: list[int] = []
+        #: plan key -> trial numbers asked and not told yet (in ask order; one plan may be asked twice)
+        self.pending: dict[str, list[int]] = {}
 
     def ask(self, n: int) -> list[CompressionPlan]:
         plans = []
         for _ in range(n):
             trial = self.study.ask(self.distributions)
-            self.pending.append(trial.number)
-            plans.append(self.space.decode({k: _decode(v) for k, v in trial.params.items()}))
+            plan = self.space.decode({k: _decode(v) for k, v in trial.params.items()})
+            self.pending.setdefault(plan.key(), []).append(trial.number)
+            plans.append(plan)
         return plans
 
     def tell(self, plans: Sequence[CompressionPlan], evaluations, rewards) -> None:
+        """Any subset of the asked plans, in any order (parallel workers finish out of order)."""
         fail = self.optuna.trial.TrialState.FAIL
-        numbers, self.pending = self.pending[: len(evaluations)], self.pending[len(evaluations) :]
-        for number, ev in zip(numbers, evaluations):
+        for plan, ev in zip(plans, evaluations):
+            numbers = self.pending.get(plan.key())
+            if not numbers:  # not asked by this study (e.g. told again after a resume)
+                continue
+            number = numbers.pop(0)
+            if not numbers:
+                del self.pending[plan.key()]
             values = [getattr(ev, o) for o in self.objective_names]
             if not ev.complete or any(v is None for v in values):
                 self.study.tell(number, state=fail)
             else:
                 self.study.tell(number, [float(v) for v in values])
-        for number in self.pending:  # asked but not evaluated (the budget ran out)
-            self.study.tell(number, state=fail)
-        self.pending = []
+
+    def close(self) -> None:
+        """Trials asked but never evaluated (the budget ran out while they were asked) fail."""
+        fail = self.optuna.trial.TrialState.FAIL
+        for numbers in self.pending.values():
+            for number in numbers:
+                self.study.tell(number, state=fail)
+        self.pending = {}
 
     def summary(self) -> dict[str, Any]:
         return {"optuna_study": self.study.study_name}

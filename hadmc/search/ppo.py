@@ -41,7 +41,7 @@ import numpy as np
 
 from hadmc.errors import ConfigError
 from hadmc.evaluation import Evaluation
-from hadmc.files import write_json
+from hadmc.files import write_atomic, write_json
 from hadmc.pareto import hypervolume, non_dominated
 from hadmc.plan import CompressionPlan
 
@@ -96,6 +96,7 @@ class DynaPPO(Searcher):
         self.initial = agent.initial or max(8, context.config.search.budget // 8)
         self.plans: list[CompressionPlan] = []
         self.evaluations: list[Evaluation] = []
+        self.pending: dict[str, CompressionPlan] = {}  # asked, not told yet (in flight on parallel workers)
         self.predictor = PlanPredictor(self.groups, context.baseline, seed=context.seed)
         self._fitted_on = -1
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -213,7 +214,12 @@ class DynaPPO(Searcher):
         return plans
 
     def ask(self, n: int) -> list[CompressionPlan]:
-        seen = {p.key() for p in self.plans}
+        plans = self._ask(n)
+        self.pending.update((p.key(), p) for p in plans)
+        return plans
+
+    def _ask(self, n: int) -> list[CompressionPlan]:
+        seen = {p.key() for p in self.plans} | set(self.pending)
         if len(self.plans) < self.initial:
             anchors = _fresh(self.anchors(), seen, n)
             rest = _fresh(self.sample_plans(4 * n), seen | {p.key() for p in anchors}, n - len(anchors))
@@ -254,6 +260,9 @@ class DynaPPO(Searcher):
         ])  # fmt: skip
         names = list(self.context.objectives)
         front = self._front_matrix(names)
+        if self.pending:  # plans in flight count at their predicted means, as chosen ones do below
+            pending = self._to_min(self._figures(self.predictor.predict(list(self.pending.values())), 0.0), names)
+            front = np.vstack([front, pending]) if len(front) else pending
         ref = self._to_min({k: np.array([v]) for k, v in self.context.reference.items()}, names)[0]
         optimistic = self._to_min(self._figures(pred, KAPPA), names)
         mean = self._to_min(self._figures(pred, 0.0), names)
@@ -301,12 +310,16 @@ class DynaPPO(Searcher):
 
     def tell(self, plans, evaluations, rewards) -> None:
         for p, e in zip(plans, evaluations):
+            self.pending.pop(p.key(), None)
             if e.plan_key not in {x.plan_key for x in self.evaluations}:
                 self.plans.append(p)
                 self.evaluations.append(e)
 
     # -- resume -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # The policy checkpoint of the last training round travels inside the searcher's state,
+        # so one atomic file holds history and agent together: a run killed between a training
+        # round and the next tell resumes with the agent that matches its history.
         return {
             **super().state_dict(),
             "history": [(p.canonical_json(), e.model_dump_json()) for p, e in zip(self.plans, self.evaluations)],
@@ -315,6 +328,7 @@ class DynaPPO(Searcher):
             "trainer_steps": self.trainer.num_timesteps,
             "curves": json.dumps(self.curves),
             "sources": dict(self.sources),
+            "policy_checkpoint": self.checkpoint.read_bytes() if self.checkpoint.is_file() else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -325,6 +339,8 @@ class DynaPPO(Searcher):
         self.rounds = int(state["rounds"])
         self.curves[:] = json.loads(state.get("curves", "[]"))
         self.sources = dict(state.get("sources", {}))
+        if state.get("policy_checkpoint") is not None:
+            write_atomic(self.checkpoint, state["policy_checkpoint"])
         if self.checkpoint.is_file():
             self.trainer.load(self.checkpoint)
 

@@ -40,7 +40,7 @@ class Case:
     """One bad input.
 
     :param id: what is wrong, in a few words
-    :param area: plans, usage, devices, weights, data, targets, output, configs, server
+    :param area: plans, usage, devices, weights, data, targets, output, configs, updates, server
     :param run: CLI arguments (``{tmp}`` is the case's folder), a callable for API cases, or
         ``(method, path, kwargs)`` for the probe server
     :param expect: exit code (CLI), exception type name (API) or HTTP status (server)
@@ -98,6 +98,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tiny_onnx_file(path: Path) -> None:
+    path.write_bytes(_tiny_onnx())
+
+
+def _patch_of_other_models(path: Path) -> None:
+    from hadmc.hal.delta import make_patch
+
+    path.write_bytes(make_patch(matmul_model(16, seed=1), matmul_model(16, seed=2)))
 
 
 def _config(name: str) -> Callable[[Path], None]:
@@ -193,6 +203,17 @@ CASES = [
     Case("config YAML aliases", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("aliases",), {"c.yaml": b"a: &x [1]\nb: *x\n"}),
     Case("config weights a folder", "configs", [*COMPRESS, "{tmp}/c.yaml"], 2, ("config.weights", "is a folder"), {"c.yaml": b"weights: w\n", "w": _folder}),
     Case("config JSON nested (API)", "configs", _config("c.json"), "ConfigError", ("nests deeper",), {"c.json": _nested(50).encode()}),
+    Case("zero workers", "configs", ["compress", "--workers", "0"], 2, ("--workers",)),
+    Case("executor unknown", "configs", ["compress", "--executor", "slurm"], 2, ("config.execution.executor", "ray")),
+    Case("Ray address without the ray executor", "configs", ["compress", "--address", "auto"], 2, ("address names a Ray cluster", "executor: ray")),
+    Case("deployed model missing", "configs", ["compress", "--deployed-model", "{tmp}/none.onnx"], 2, ("config.deployed_model", "does not exist")),
+    # -- updates of deployed models (`hadmc delta`, `hadmc apply-delta`, `hadmc probe push`) ------
+    Case("delta of a file that is not ONNX", "updates", ["delta", "{tmp}/bad.onnx", "{tmp}/m.onnx", "-o", "{tmp}/p"], 2, ("bad.onnx", "not an ONNX model"), {"bad.onnx": ONNX_BAD, "m.onnx": _tiny_onnx_file}),
+    Case("patch is garbage", "updates", ["apply-delta", "{tmp}/m.onnx", "{tmp}/p.patch", "-o", "{tmp}/n.onnx"], 2, ("p.patch", "not a patch"), {"m.onnx": _tiny_onnx_file, "p.patch": GARBAGE}),
+    Case("patch of another base", "updates", ["apply-delta", "{tmp}/m.onnx", "{tmp}/p.patch", "-o", "{tmp}/n.onnx"], 2, ("was made against", "apply it to the model it was made from"), {"m.onnx": _tiny_onnx_file, "p.patch": _patch_of_other_models}),
+    Case("patch file missing", "updates", ["apply-delta", "{tmp}/m.onnx", "{tmp}/none.patch", "-o", "{tmp}/n.onnx"], 2, ("patch file", "does not exist"), {"m.onnx": _tiny_onnx_file}),
+    Case("push with a base that is not a hash", "updates", ["probe", "push", "remote://127.0.0.1:{port}", "{tmp}/m.onnx", "--base", "v1"], 2, ("--base", "64 hex digits"), {"m.onnx": _tiny_onnx_file}),
+    Case("push to a probe that is down", "updates", ["probe", "push", "remote://127.0.0.1:{port}", "{tmp}/m.onnx"], 2, ("unreachable", "hadmc probe serve"), {"m.onnx": _tiny_onnx_file}),
     # -- the probe server -------------------------------------------------------------------
     Case("server: external data in a Constant", "server", ("POST", "/measure", "constant_node"), 400, ("external data",), absent=("TOPSECRET", "secret.bin")),
     Case("server: external data in an If branch", "server", ("POST", "/measure", "if_branch"), 400, ("external data",), absent=("TOPSECRET", "secret.bin")),
@@ -295,7 +316,7 @@ def _tiny_onnx() -> bytes:
 
 def test_the_catalogue_covers_every_area_with_at_least_40_cases(capsys):
     areas = {c.area for c in CASES}
-    assert areas == {"plans", "usage", "devices", "weights", "data", "targets", "output", "configs", "server"}
+    assert areas == {"plans", "usage", "devices", "weights", "data", "targets", "output", "configs", "updates", "server"}
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
     with capsys.disabled():
         print(f"\nbad-input catalogue: {len(CASES)} cases across {len(areas)} areas")

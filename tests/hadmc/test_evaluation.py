@@ -152,3 +152,60 @@ def test_int8_recipe_follows_the_cpu_isa_and_is_recorded(evaluator):
     ev = evaluator.evaluate(CompressionPlan.uniform(0.0, "int8", budget=0))
     assert ev.quantization == {"activation": "QUInt8", "weight": "QInt8", "reduce_range": True, "per_channel": True,
                                "format": "QDQ", "name": "U8S8+reduce_range"}  # fmt: skip
+
+
+class _RecordingLock:
+    """A measurement lock that remembers what ran while it was held."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.calls: list[tuple[str, bool]] = []
+
+    def __enter__(self):
+        assert not self.held  # measurements never nest
+        self.held = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held = False
+
+    def watch(self, obj, name: str) -> None:
+        inner = getattr(obj, name)
+
+        def wrapped(*a, **kw):
+            self.calls.append((name, self.held))
+            return inner(*a, **kw)
+
+        setattr(obj, name, wrapped)
+
+
+def test_the_measurement_lock_covers_latency_energy_and_profiling_but_not_accuracy(trained_small, digits16):
+    model, _ = trained_small
+    lock = _RecordingLock()
+    probe = hal.get_latency_probe("ort-cpu", **FAST)
+    energy = hal.get_energy_probe("estimated", device=probe.device)
+    for name in ("measure", "measure_relative", "profile_nodes", "session"):
+        lock.watch(probe, name)
+    lock.watch(energy, "measure")
+    ev = PlanEvaluator(model, digits16, latency_probe=probe, energy_probe=energy, measurement_lock=lock, profile_plans=True)
+    assert ev.baseline_for("search").ok
+    out = ev.evaluate(CompressionPlan.uniform(0.5, "int8", budget=0), phase="search")
+    assert out.ok, out.error
+    held = {name: {h for n, h in lock.calls if n == name} for name, _ in lock.calls}
+    assert held["measure"] == held["measure_relative"] == held["profile_nodes"] == {True}  # latency, energy, profiles
+    assert held["session"] == {False}  # accuracy runs (and recovery) go on while another worker measures
+    assert out.group_latency_ms and out.node
+
+
+def test_with_a_deployed_model_each_artifact_records_its_patch_size(trained_small, digits16, tmp_path):
+    model, _ = trained_small
+    probe = hal.get_latency_probe("ort-cpu", **FAST)
+    first = PlanEvaluator(model, digits16, latency_probe=probe)
+    _, deployed = first.evaluate_with_artifact(CompressionPlan.uniform(0.0, "fp32", budget=0))
+    ev = PlanEvaluator(model, digits16, latency_probe=probe, deployed_model=deployed.onnx_bytes)
+    same = ev.evaluate(CompressionPlan.uniform(0.0, "fp32", budget=0))
+    pruned = ev.evaluate(CompressionPlan.uniform(0.5, "fp32", budget=0))
+    assert same.patch_base_sha256 == pruned.patch_base_sha256 == hal.sha256_hex(deployed.onnx_bytes)
+    assert same.patch_bytes < 0.1 * same.model_bytes  # nothing changed: the graph skeleton only
+    assert pruned.patch_bytes > 0.5 * pruned.model_bytes  # every pruned tensor changed size: sent whole
+    assert first.evaluate(CompressionPlan.uniform(0.0, "fp32", budget=0)).patch_bytes is None  # no deployed model, no figure

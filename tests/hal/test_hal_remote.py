@@ -175,6 +175,38 @@ def test_delta_update_sends_only_changed_blocks_and_is_verified_by_hash(server, 
     assert (server["store"] / f"{sha256_hex(new)}.onnx").read_bytes() == new
 
 
+def test_probe_push_sends_only_the_delta_when_the_device_holds_the_base(server, tmp_path, capsys):
+    from hadmc.cli import main
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 10)).eval()
+    base, new = tmp_path / "base.onnx", tmp_path / "new.onnx"
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.randn(1, 3, 32, 32), buf, dynamo=False)
+    base.write_bytes(buf.getvalue())
+    with torch.no_grad():
+        model[3].bias += 0.5  # a new head bias: one small tensor changed
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.randn(1, 3, 32, 32), buf, dynamo=False)
+    new.write_bytes(buf.getvalue())
+    target = f"remote://127.0.0.1:{server['port']}"
+    auth = ["--token-file", str(server["token_file"])]
+    base_sha, new_sha = sha256_hex(base.read_bytes()), sha256_hex(new.read_bytes())
+    assert main(["probe", "push", target, str(new), "--base", "0" * 64, *auth]) == 0  # the device lacks that base
+    assert "uploaded the whole model" in capsys.readouterr().out
+    (server["store"] / f"{new_sha}.onnx").unlink()
+    assert main(["probe", "push", target, str(base), *auth]) == 0
+    assert main(["probe", "push", target, str(new), "--base", base_sha, *auth]) == 0
+    out = capsys.readouterr().out
+    sent = int(float(out.split("sent a delta of ")[1].split(" kB")[0]) * 1000)
+    assert f"holds SHA-256 {new_sha}" in out and sent < new.stat().st_size // 10
+    assert (server["store"] / f"{new_sha}.onnx").read_bytes() == new.read_bytes()  # rebuilt there, verified by hash
+    assert main(["probe", "push", target, str(new), *auth]) == 0
+    assert "already holds it; nothing sent" in capsys.readouterr().out
+    assert main(["probe", "push", target, str(new), "--base", "xyz", *auth]) == 2  # a usage error, named
+    assert "64 hex digits" in capsys.readouterr().err
+
+
 def test_per_request_timeout_gives_504(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -45,3 +45,40 @@ def config(searcher: str = "random", budget: int = 12, run_dir=None, **extra) ->
 
 def surrogate_run(cfg: RunConfig, **kw) -> CompressionRun:
     return CompressionRun(cfg, evaluator=SurrogateEvaluator(chain(), cpu()), **kw)
+
+
+# -- evaluators built inside worker processes or Ray actors (hadmc.parallel.EvaluatorFactory) --
+
+
+def surrogate_factory(config: RunConfig, *, worker: int, measurement_lock, model=None, data=None) -> SurrogateEvaluator:
+    """The surrogate as every worker's evaluator (module level: it travels to workers by pickle)."""
+    return SurrogateEvaluator(chain(), cpu())
+
+
+def other_device_factory(config: RunConfig, *, worker: int, measurement_lock, model=None, data=None) -> SurrogateEvaluator:
+    """Worker 1 measures on another CPU than worker 0."""
+    device = cpu() if worker == 0 else cpu_spec_from_info("Other Xeon", {"avx2"}, 3000.0, 8, 32.0)
+    return SurrogateEvaluator(chain(), device)
+
+
+class CrashingSurrogate(SurrogateEvaluator):
+    """Kills its own process with SIGKILL (as the OOM killer would) when asked to evaluate one
+    crafted plan, after noting the attempt in a file; every other plan is evaluated as usual."""
+
+    def __init__(self, *args, crash_key: str, attempts: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.crash_key, self.attempts = crash_key, attempts
+
+    def evaluate(self, plan, phase="final", progress=None):
+        import os
+        import signal
+
+        if plan.resolve([g.name for g in self.groups]).key() == self.crash_key:
+            with open(self.attempts, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().evaluate(plan, phase, progress)
+
+
+def crashing_factory(config: RunConfig, *, worker: int, measurement_lock, crash_key: str, attempts: str, model=None, data=None):
+    return CrashingSurrogate(chain(), cpu(), crash_key=crash_key, attempts=attempts)

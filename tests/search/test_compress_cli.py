@@ -43,18 +43,25 @@ def _search_rows(db: Path) -> list[tuple[str, str]]:
             return []
 
 
-def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tmp_path):
+def _compress_until_three_evaluations(tmp_path: Path, config: str, checkpoint: str, *flags: str):
+    """`hadmc compress` of `config` in a subprocess, once 3 search evaluations and `checkpoint`
+    (in the searcher's folder) are on disk; returns (process, run dir, environment)."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY)
+    cfg.write_text(config)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_hadmc("compress", "--config", str(cfg), "--out", str(out)), env=env,
+    proc = subprocess.Popen(_hadmc("compress", "--config", str(cfg), "--out", str(out), *flags), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.time() + 600
-    state = out / "searcher" / "ppo_policy.pt"
+    state = out / "searcher" / checkpoint
     while time.time() < deadline and not (len(_search_rows(out / "hadmc.db")) >= 3 and state.is_file()):
         assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.5)
+        time.sleep(0.2)
+    return proc, out, env
+
+
+def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tmp_path):
+    proc, out, env = _compress_until_three_evaluations(tmp_path, TINY, "ppo_policy.pt")
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text
@@ -80,3 +87,33 @@ def test_ctrl_c_then_resume_reaches_the_budget_with_every_plan_evaluated_once(tm
     table = done.stdout
     assert "Pareto front" in table and "original" in table and "* best" in table and " test " in table
     assert "Accuracy on the test split" in table and "best plan" in table and "pareto.json" in table
+
+
+def test_sigkill_mid_evaluation_then_resume_loses_and_repeats_nothing_and_the_agent_continues(tmp_path):
+    import psutil
+    import torch
+
+    config = TINY.replace("finalize_max: 2", "finalize_max: 1")
+    proc, out, env = _compress_until_three_evaluations(tmp_path, config, "state.pt", "--workers", "2")
+    state = out / "searcher" / "state.pt"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2  # both worker processes, at least one of them mid-evaluation
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed or closed
+    proc.communicate(timeout=30)
+    before = _search_rows(out / "hadmc.db")
+    assert 3 <= len(before) < 6
+    steps_at_kill = torch.load(state, weights_only=False)["trainer_steps"]  # the last checkpoint is whole
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive  # the killed driver took its workers with it
+
+    done = subprocess.run(_hadmc("compress", "--out", str(out), "--resume", "--workers", "2"), env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"continues from its checkpoint (agent at {steps_at_kill} steps)" in done.stderr
+    after = _search_rows(out / "hadmc.db")
+    keys = [k for k, _ in after]
+    assert len(keys) == len(set(keys)) == 6  # the budget, and no plan evaluated twice
+    assert after[: len(before)] == before  # every evaluation finished before the kill is there, unchanged
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["evaluations"] == 6 and pareto["execution"]["workers"] == 2
+    assert "one artifact at a time" in pareto["execution"]["latency"]
