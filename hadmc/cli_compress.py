@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from .cli import _MARKS, _row, app, console, err
+from .cli import _MARKS, _row, _speedup, app, console, err
 
 
 class CompressDisplay:
@@ -137,7 +137,7 @@ class CompressDisplay:
             base = self.run.baseline("search")
             t.add_row(
                 "best so far",
-                f"{100 * self.best.accuracy:.2f}% val, {self.best.latency_ms:.3f} ms ({base.latency_ms / self.best.latency_ms:.1f}x), "
+                f"{100 * self.best.accuracy:.2f}% val, {self.best.latency_ms:.3f} ms ({_speedup(self.best, base)}), "
                 f"{self.best.model_bytes / 1e6:.2f} MB",
             )
         t.add_row("front", f"{self.front} plans, hypervolume {self.hv:.3g}" if self.hv is not None else f"{self.front} plans")
@@ -278,9 +278,8 @@ def _print_result(cfg, result, seconds: float) -> None:
     if best is None:
         console.print("[red]no plan could be evaluated at full fidelity[/red]")
     else:
-        speed = result.original.latency_ms / best.latency_ms if best.latency_ms else float("nan")
         console.print(
-            f"best plan {best.plan_key[:10]}: {100 * best.accuracy:.2f}% test, {best.latency_ms:.3f} ms ({speed:.1f}x), "
+            f"best plan {best.plan_key[:10]}: {100 * best.accuracy:.2f}% test, {best.latency_ms:.3f} ms ({_speedup(best, result.original)}), "
             f"{best.model_bytes / 1e6:.2f} MB",
             soft_wrap=True,
         )
