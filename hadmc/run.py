@@ -181,10 +181,11 @@ class CompressionRun:
         from .parallel import start_executor
 
         if self.executor is None:
-            if self.config.model == "default" and self.config.execution.executor == "process":
+            ex = self.config.execution
+            if self.config.model == "default" and (ex.executor == "process" or ex.address is None):
                 from .models import load_default_model
 
-                load_default_model(on_train=on_train, on_epoch=on_epoch)  # trained once here, not by every worker
+                load_default_model(on_train=on_train, on_epoch=on_epoch)  # trained once here, not by every worker of this machine
             self.executor = start_executor(self.config, factory=factory, model=model, data=data)
         try:
             return self.executor.start()

@@ -82,3 +82,9 @@ class CrashingSurrogate(SurrogateEvaluator):
 
 def crashing_factory(config: RunConfig, *, worker: int, measurement_lock, crash_key: str, attempts: str, model=None, data=None):
     return CrashingSurrogate(chain(), cpu(), crash_key=crash_key, attempts=attempts)
+
+
+def broken_factory(config: RunConfig, *, worker: int, measurement_lock, model=None, data=None):
+    from hadmc.errors import ModelError
+
+    raise ModelError("weights file w.pt does not fit this architecture")

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-from search_fixtures import chain, config, cpu, crashing_factory, other_device_factory, surrogate_factory, surrogate_run
+from search_fixtures import broken_factory, chain, config, cpu, crashing_factory, other_device_factory, surrogate_factory, surrogate_run
 
 from hadmc.envs.surrogate import SurrogateEvaluator
-from hadmc.errors import ConfigError
+from hadmc.errors import ConfigError, HadmcError
 from hadmc.parallel import LOCKED_LATENCY, Done, Executor, MeasurementLock, Task, WorkerInfo
 from hadmc.run import CompressionRun
 
@@ -137,6 +137,11 @@ def test_workers_that_measure_on_different_devices_are_refused_rather_than_mixed
             run.search()
         finally:
             run.close()
+
+
+def test_a_worker_that_cannot_build_its_evaluator_stops_the_run_with_its_message(tmp_path):
+    with pytest.raises(HadmcError, match="could not build its evaluator: ModelError: weights file w.pt does not fit"):
+        CompressionRun(config("random", budget=4, run_dir=tmp_path, execution={"workers": 2}), evaluator_factory=broken_factory)
 
 
 def test_a_run_may_resume_with_another_number_of_workers(tmp_path):

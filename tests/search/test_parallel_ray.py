@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from search_fixtures import config, crashing_factory, surrogate_factory, surrogate_run
+from search_fixtures import broken_factory, config, crashing_factory, surrogate_factory, surrogate_run
 
+from hadmc.errors import HadmcError
 from hadmc.run import CompressionRun
 
 ray = pytest.importorskip("ray")
@@ -60,3 +61,9 @@ def test_an_actor_killed_by_its_plan_is_replaced_and_the_plan_retried_once_then_
     assert [e.plan_key for e in failed] == [crash_key] and "died twice" in failed[0].error and "actor died" in failed[0].error
     assert len(evaluations) == 6 and all(e.ok for e in evaluations if e.plan_key != crash_key)
     run.close()
+
+
+def test_an_actor_that_cannot_build_its_evaluator_stops_the_run_with_its_message(local_ray, tmp_path):
+    cfg = config("random", budget=4, run_dir=tmp_path, execution={"executor": "ray", "workers": 2})
+    with pytest.raises(HadmcError, match="could not build its evaluator: ModelError: weights file w.pt does not fit"):
+        CompressionRun(cfg, evaluator_factory=broken_factory)
