@@ -1,4 +1,4 @@
-"""The Ray executor on a local Ray instance with 2 CPUs: actors, their nodes, a crashing actor."""
+"""The Ray executor on a local Ray instance with 2 CPUs: actors, their nodes, a crashing actor, env-driven learners."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
-from search_fixtures import broken_factory, config, crashing_factory, surrogate_factory, surrogate_run
+from search_fixtures import (
+    LEARNERS,
+    Watch,
+    broken_factory,
+    config,
+    crashing_factory,
+    deadline,
+    learner_config,
+    learner_threads,
+    surrogate_factory,
+    surrogate_run,
+)
 
 from hadmc.errors import HadmcError
 from hadmc.run import CompressionRun
@@ -67,3 +78,17 @@ def test_an_actor_that_cannot_build_its_evaluator_stops_the_run_with_its_message
     cfg = config("random", budget=4, run_dir=tmp_path, execution={"executor": "ray", "workers": 2})
     with pytest.raises(HadmcError, match="could not build its evaluator: ModelError: weights file w.pt does not fit"):
         CompressionRun(cfg, evaluator_factory=broken_factory)
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_env_driven_learners_give_both_ray_actors_a_plan_at_once_and_reach_the_budget(local_ray, learner, tmp_path):
+    cfg = learner_config(learner, budget=12, run_dir=tmp_path, execution={"executor": "ray", "workers": 2})
+    run = CompressionRun(cfg, evaluator_factory=surrogate_factory)
+    watch = Watch(run)
+    with deadline(60):
+        searcher = run.search()
+    keys = [e.plan_key for e in run.evaluations("search")]
+    assert len(keys) == len(set(keys)) == run.distinct("search") == 12  # the budget, distinct plans
+    assert watch.most_in_flight == 2 and watch.workers == {0, 1}  # one env per actor, stepped at once
+    assert getattr(searcher, "impl", searcher).episodes == 12 and learner_threads() == []
+    run.close()
