@@ -623,10 +623,20 @@ class RayWorker:
         import ray
 
         node = f"ray:{ray.get_runtime_context().get_node_id()[:12]} ({platform.node()})"
-        self.runtime = WorkerRuntime(spec, worker, node)
+        self.error: str | None = None
+        try:
+            self.runtime = WorkerRuntime(spec, worker, node)
+        except Exception as exc:  # told to the driver by `describe`, in the words a process worker uses
+            self.error = f"{type(exc).__name__}: {exc}"
 
-    def describe(self) -> WorkerInfo:
-        return self.runtime.describe()
+    def describe(self) -> WorkerInfo | str:
+        """The worker's report, or why it could not build its evaluator."""
+        if self.error is not None:
+            return self.error
+        try:
+            return self.runtime.describe()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     def evaluate(self, task: Task) -> Done:
         return self.runtime.evaluate(task)
@@ -718,6 +728,9 @@ class RayExecutor(Executor):
                 assert task is not None
                 done.append(Done(task.ticket, failed_evaluation(task, f"WorkerError: {_first_line(exc)}"), worker=actor.worker))
                 continue
+            if starting and isinstance(value, str):
+                self.close()
+                raise HadmcError(f"worker {actor.worker} could not build its evaluator: {value}")
             if starting:
                 actor.ready_ref, actor.ready = None, True
                 self._ready(value)

@@ -181,10 +181,11 @@ class CompressionRun:
         from .parallel import start_executor
 
         if self.executor is None:
-            if self.config.model == "default" and self.config.execution.executor == "process":
+            ex = self.config.execution
+            if self.config.model == "default" and (ex.executor == "process" or ex.address is None):
                 from .models import load_default_model
 
-                load_default_model(on_train=on_train, on_epoch=on_epoch)  # trained once here, not by every worker
+                load_default_model(on_train=on_train, on_epoch=on_epoch)  # trained once here, not by every worker of this machine
             self.executor = start_executor(self.config, factory=factory, model=model, data=data)
         try:
             return self.executor.start()
@@ -432,6 +433,7 @@ class CompressionRun:
             seed=self.config.seed,
             device=self.device,
             extra={"groups": self.groups},
+            workers=self.executor.workers if self.executor is not None else 1,
         )
         searcher = cls(context)
         if hasattr(self.evaluator, "profile_plans"):
@@ -530,8 +532,10 @@ class CompressionRun:
 
         while True:
             want = min(ex.free, room())
+            short = False  # the searcher had fewer plans than free workers: ask again soon
             if want > 0 and not exhausted:
                 plans = searcher.ask(want)
+                short = len(plans) < want
                 if not plans and not flight:
                     log.warning("searcher %s has no more plans after %d evaluations", searcher.name, self.distinct("search"))
                     break
@@ -558,7 +562,8 @@ class CompressionRun:
                     started += 1
                 if told:
                     self.save_searcher(searcher)
-                stale = 0 if started else stale + 1
+                if plans:  # none while others are out means "tell me first", not "nothing new"
+                    stale = 0 if started else stale + 1
                 if stale >= 200:
                     log.warning("searcher %s proposed only known plans 200 times in a row; stopping the search", searcher.name)
                     exhausted = True
@@ -566,7 +571,7 @@ class CompressionRun:
                     continue  # only known plans: ask again before waiting
             if not flight and (exhausted or room() <= 0):
                 break
-            for done in ex.wait():
+            for done in ex.wait(0.25 if short and flight else None):
                 plan, key = flight.pop(done.ticket)
                 del by_key[key]
                 o = self._finish(done, "search")

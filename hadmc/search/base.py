@@ -169,6 +169,7 @@ class SearchContext:
     :param database: the run's SQLite file (Optuna stores its study there)
     :param run_name: the run's name
     :param seed: the search seed
+    :param workers: plans the run evaluates at once (env-driven learners step as many envs)
     """
 
     space: PlanSpace
@@ -183,6 +184,7 @@ class SearchContext:
     seed: int = 0
     device: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
 
 
 class Searcher(abc.ABC):
@@ -203,10 +205,15 @@ class Searcher(abc.ABC):
 
     @abc.abstractmethod
     def ask(self, n: int) -> list[CompressionPlan]:
-        """Up to `n` plans to evaluate next (fewer, or none, when the searcher is done)."""
+        """Up to `n` plans to evaluate next (fewer, or none, when the searcher is done).
+
+        With parallel workers the run asks while earlier plans are still being evaluated;
+        answering none then means "tell me first", not "done"."""
 
     def tell(self, plans: Sequence[CompressionPlan], evaluations: Sequence[Evaluation], rewards: Sequence[float]) -> None:
-        """What the run measured for `plans` (aligned lists; cached figures included)."""
+        """What the run measured for `plans` (aligned lists; cached figures included): any
+        subset of the plans asked so far, in any order (workers finish out of order). Plans
+        asked and never told (the budget ran out, the run was killed) are simply dropped."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs (JSON-serialisable; tensors allowed for `torch.save`)."""

@@ -8,6 +8,13 @@ episode. Exactly one of the two threads works at any time, so the learner never 
 evaluation. While its plan is out, the learner has nothing to propose: `ask()` then returns
 no plans rather than waiting (with parallel workers, the run asks again after the next tell).
 
+With parallel workers (``context.workers`` > 1) the learner steps that many envs, all at once
+(`step_concurrently`): the episodes that end together hand their plans to the run together,
+so every worker has one, and each waits for its own outcome. `ask()` then takes the plans of
+such a batch as they arrive (waiting at most `SIBLING_WAIT_S` for the last of them) and
+answers none while any is out: the envs step in lockstep, so nothing new comes before every
+plan of the batch was told.
+
 The learner checkpoints itself (atomically, from its own thread) at the end of every rollout;
 a resumed run restarts it from that checkpoint, and the episodes it replays are served from
 the run store without counting against the budget.
@@ -24,12 +31,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
 from hadmc.errors import HadmcError
 from hadmc.plan import CompressionPlan
 
 from .base import SearchContext, Searcher
 
 log = logging.getLogger(__name__)
+
+#: Seconds `ask` waits for the rest of a batch once its first plan arrived: the envs of one
+#: step hand their plans over within milliseconds of each other, this bounds a slow thread.
+SIBLING_WAIT_S = 0.5
 
 
 class _Stopped(Exception):
@@ -107,27 +120,38 @@ class EnvDrivenSearcher(Searcher):
         finally:
             self._plans.put(None)
 
+    def _resumed(self, checkpoint: Path, steps: int) -> None:
+        """Learner side: it loaded `checkpoint` and goes on from there."""
+        log.info("the %s learner continues from its checkpoint %s at %d steps", self.name, checkpoint.name, steps)
+
     def _exchange(self, plan: CompressionPlan):
-        """Learner side: hand `plan` to the run and wait for its outcome."""
+        """Learner side (one of its env threads): hand `plan` to the run and wait for its outcome."""
         reply: queue.Queue = queue.Queue(maxsize=1)
         self._plans.put((plan, reply))
         outcome = reply.get()
         if outcome is None:
             raise _Stopped
-        self.episodes += 1
         return outcome
 
     # -- ask/tell -----------------------------------------------------------------------
     def ask(self, n: int) -> list[CompressionPlan]:
-        """The learner's next plan; none while its last plan is still out (it waits on that)."""
+        """Up to `n` plans the learner's envs have handed over; none while any plan is out
+        (the learner waits on it). With nothing out, waits for the learner's next plan, then
+        briefly for the other envs of its step (see module docstring)."""
         if self._thread is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._run_learner, name=f"hadmc-{self.name}", daemon=True)
             self._thread.start()
         plans: list[CompressionPlan] = []
         while len(plans) < n:
-            try:  # wait only when nothing is out: then the learner is working on its next plan
-                item = self._plans.get(block=not self._out and not plans)
+            if not self._out:
+                timeout = None  # the learner is working on its next plans
+            elif plans and len(self._out) < self.context.workers:
+                timeout = SIBLING_WAIT_S  # a batch is arriving: the other envs of its step
+            else:
+                timeout = 0.0  # the learner waits for an outcome: only what is already there
+            try:
+                item = self._plans.get(block=timeout != 0.0, timeout=timeout)
             except queue.Empty:
                 break
             if item is None:
@@ -149,6 +173,7 @@ class EnvDrivenSearcher(Searcher):
                 i = next((i for i, (p, _) in enumerate(self._out) if p.key() == plan.key()), None)
             if i is not None:
                 self._out.pop(i)[1].put(Outcome(ev, float(r)))
+                self.episodes += 1
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -176,6 +201,63 @@ class EnvDrivenSearcher(Searcher):
 
     def summary(self) -> dict[str, Any]:
         return {"real_episodes": self.episodes}
+
+
+class Prefetched(gym.Wrapper):
+    """An env whose next step may have run already (in a thread of `step_concurrently`): a
+    vector env's own, sequential step loop then picks up that result instead of stepping again."""
+
+    def __init__(self, env) -> None:
+        super().__init__(env)
+        self._done: Any = None
+
+    def prefetch(self, action) -> None:
+        self._done = self.env.step(action)
+
+    def step(self, action):
+        if self._done is not None:
+            out, self._done = self._done, None
+            return out
+        return self.env.step(action)
+
+
+def step_concurrently(envs: Sequence[Prefetched], actions: Sequence[Any]) -> None:
+    """Step every env at once, one thread each: the episodes that end at this step hand their
+    plans to the run together (and wait for their own outcomes), so parallel workers each get
+    one. Returns when every env has stepped; re-raises the first error of a step (`_Stopped`
+    when the run closes the searcher)."""
+    errors: list[BaseException | None] = [None] * len(envs)
+
+    def step(i: int) -> None:
+        try:
+            envs[i].prefetch(actions[i])
+        except BaseException as exc:  # re-raised in the learner thread below
+            errors[i] = exc
+
+    # daemon threads (not a ThreadPoolExecutor, whose threads are joined at interpreter exit):
+    # an env thread still waiting for an outcome never holds up the exit of a killed run
+    threads = [threading.Thread(target=step, args=(i,), name=f"hadmc-env-{i}", daemon=True) for i in range(len(envs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+
+
+def concurrent_vector_env(make_env: Callable[[], gym.Env], n_envs: int) -> gym.vector.VectorEnv:
+    """A gymnasium vector env of `n_envs` envs stepped at once (same-step autoreset, as
+    `hadmc.agents.make_vector_env`)."""
+    from gymnasium.vector import AutoresetMode
+    from gymnasium.vector.utils import iterate
+
+    class ConcurrentVectorEnv(gym.vector.SyncVectorEnv):
+        def step(self, actions):
+            step_concurrently(self.envs, list(iterate(self.action_space, actions)))
+            return super().step(actions)
+
+    return ConcurrentVectorEnv([lambda: Prefetched(make_env())] * n_envs, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def save_atomic(save, path: Path) -> None:

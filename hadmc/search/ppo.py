@@ -46,7 +46,7 @@ from hadmc.pareto import hypervolume, non_dominated
 from hadmc.plan import CompressionPlan
 
 from .base import SearchContext, Searcher
-from .bridge import EnvDrivenSearcher, RunFacade
+from .bridge import EnvDrivenSearcher, RunFacade, concurrent_vector_env
 
 log = logging.getLogger(__name__)
 
@@ -368,14 +368,19 @@ class OnPolicyPPO(EnvDrivenSearcher):
         from hadmc.agents import PPOTrainer, make_vector_env
 
         steps = len(self.space.groups) + 1
+        # the same PPOConfig whatever the number of workers (a checkpoint resumes only with its
+        # own config): a rollout is 4 episodes per env
         cfg = ppo_config(self.context, 1, steps)
         cfg["n_steps"] = max(cfg["n_steps"], 4 * steps)
         cfg["batch_size"] = min(cfg["batch_size"], cfg["n_steps"])
         if cfg.get("advantage", "gae") != "gae":
             cfg["group_size"] = 1
-        trainer = PPOTrainer(make_vector_env(lambda: env, 1), cfg, sinks=[_CurveSink(self.curves)])
+        n = self.context.workers  # one env per worker, stepped at once (see bridge)
+        vec = make_vector_env(lambda: env, 1) if n == 1 else concurrent_vector_env(self._make_env, n)
+        trainer = PPOTrainer(vec, cfg, sinks=[_CurveSink(self.curves)])
         if self.checkpoint.is_file():
             trainer.load(self.checkpoint)
+            self._resumed(self.checkpoint, trainer.num_timesteps)
         while True:  # one rollout (whole episodes) per call, then a checkpoint
             trainer.learn(cfg["n_steps"], reset_num_timesteps=False)
             trainer.save(self.checkpoint)  # written atomically

@@ -8,16 +8,18 @@ runs env-driven (see `bridge`); its model is checkpointed after every rollout in
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hadmc.errors import ConfigError
 
 from .base import SearchContext
-from .bridge import EnvDrivenSearcher, save_atomic
+from .bridge import EnvDrivenSearcher, Prefetched, save_atomic, step_concurrently
 
 
 class SB3PPOSearcher(EnvDrivenSearcher):
-    """SB3 (Maskable)PPO on the compression MDP; one rollout is 8 episodes."""
+    """SB3 (Maskable)PPO on the compression MDP; one rollout is 8 episodes, with parallel
+    workers 8 // workers (at least one) in each of their envs."""
 
     name = "sb3-ppo"
 
@@ -42,12 +44,18 @@ class SB3PPOSearcher(EnvDrivenSearcher):
         except ImportError:
             from stable_baselines3 import PPO as Algo
 
-        flat = FlattenActions(env)
         steps = len(self.space.groups) + 1  # one episode
+        if self.context.workers > 1:  # one env per worker, stepped at once (see bridge)
+            flat = concurrent_vec_env([lambda: Prefetched(FlattenActions(self._make_env()))] * self.context.workers)
+        else:
+            flat = FlattenActions(env)
         if self.checkpoint.is_file():
             model = Algo.load(self.checkpoint, env=flat, device="cpu")
+            self._resumed(self.checkpoint, model.num_timesteps)
         else:
-            ppo: dict[str, Any] = {"n_steps": 8 * steps, "batch_size": 2 * steps, "n_epochs": 10, **self.context.config.agent.ppo}
+            episodes = max(1, 8 // self.context.workers)  # per env
+            batch = math.gcd(2, episodes * self.context.workers) * steps  # divides the rollout (SB3 warns otherwise)
+            ppo: dict[str, Any] = {"n_steps": episodes * steps, "batch_size": batch, "n_epochs": 10, **self.context.config.agent.ppo}
             model = Algo("MlpPolicy", flat, seed=self.context.seed, device="cpu", verbose=0, **ppo)
         path = self.checkpoint
 
@@ -62,3 +70,15 @@ class SB3PPOSearcher(EnvDrivenSearcher):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "algorithm": self.algorithm}
+
+
+def concurrent_vec_env(env_fns):
+    """An SB3 DummyVecEnv whose envs (`Prefetched`) are stepped at once."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    class ConcurrentDummyVecEnv(DummyVecEnv):
+        def step_wait(self):
+            step_concurrently(self.envs, [self.actions[i] for i in range(self.num_envs)])
+            return super().step_wait()
+
+    return ConcurrentDummyVecEnv(env_fns)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 from hadmc.config import RunConfig
 from hadmc.envs.surrogate import SurrogateEvaluator
 from hadmc.groups import LayerGroup
@@ -43,6 +47,62 @@ def config(searcher: str = "random", budget: int = 12, run_dir=None, **extra) ->
     return RunConfig.parse(data)
 
 
+#: the env-driven learners (the searcher name and the settings that select it)
+LEARNERS = {"sb3-ppo": ("sb3-ppo", {}), "ppo-onpolicy": ("ppo", {"agent": {"dyna": False}})}
+
+
+def learner_config(learner: str, **kw) -> RunConfig:
+    """`config` of one of `LEARNERS`."""
+    name, extra = LEARNERS[learner]
+    return config(name, **extra, **kw)
+
+
+def learner_threads() -> list[str]:
+    """Names of the live threads of env-driven learners (the learner and its env steps)."""
+    names = {f"hadmc-{name}" for name, _ in LEARNERS.values()}
+    return [t.name for t in threading.enumerate() if t.name in names or t.name.startswith("hadmc-env-")]
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Raise TimeoutError in the main thread (as Ctrl-C would) if the block is not done in
+    `seconds`: a deadlocked search fails its test instead of hanging the suite."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"not done within {seconds} s (deadlocked?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Watch:
+    """Wraps `run.executor.wait`: the most plans in flight at once, the workers that returned
+    results, and optionally a stop (KeyboardInterrupt, as Ctrl-C) once `stop_at` distinct plans
+    of the search are recorded."""
+
+    def __init__(self, run: CompressionRun, stop_at: int | None = None) -> None:
+        self.run, self.stop_at = run, stop_at
+        self.most_in_flight = 0
+        self.workers: set[int] = set()
+        ex = run.executor
+        wait = ex.wait
+
+        def watched(timeout=None):
+            if self.stop_at is not None and run.distinct("search") >= self.stop_at:
+                raise KeyboardInterrupt
+            self.most_in_flight = max(self.most_in_flight, ex.in_flight)
+            done = wait(timeout)
+            self.workers.update(d.worker for d in done)
+            return done
+
+        ex.wait = watched
+
+
 def surrogate_run(cfg: RunConfig, **kw) -> CompressionRun:
     return CompressionRun(cfg, evaluator=SurrogateEvaluator(chain(), cpu()), **kw)
 
@@ -82,3 +142,9 @@ class CrashingSurrogate(SurrogateEvaluator):
 
 def crashing_factory(config: RunConfig, *, worker: int, measurement_lock, crash_key: str, attempts: str, model=None, data=None):
     return CrashingSurrogate(chain(), cpu(), crash_key=crash_key, attempts=attempts)
+
+
+def broken_factory(config: RunConfig, *, worker: int, measurement_lock, model=None, data=None):
+    from hadmc.errors import ModelError
+
+    raise ModelError("weights file w.pt does not fit this architecture")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -11,14 +12,29 @@ import sys
 import time
 
 import pytest
-from search_fixtures import chain, config, cpu, crashing_factory, other_device_factory, surrogate_factory, surrogate_run
+from search_fixtures import (
+    LEARNERS,
+    Watch,
+    broken_factory,
+    chain,
+    config,
+    cpu,
+    crashing_factory,
+    deadline,
+    learner_config,
+    learner_threads,
+    other_device_factory,
+    surrogate_factory,
+    surrogate_run,
+)
 
 from hadmc.envs.surrogate import SurrogateEvaluator
-from hadmc.errors import ConfigError
+from hadmc.errors import ConfigError, HadmcError
 from hadmc.parallel import LOCKED_LATENCY, Done, Executor, MeasurementLock, Task, WorkerInfo
 from hadmc.run import CompressionRun
 
-ALL = ["ppo", "random", "nsga2", "sb3-ppo", "greedy"]
+ALL = ["ppo", "ppo-onpolicy", "random", "nsga2", "sb3-ppo", "greedy"]
+LEARNER_CHECKPOINTS = {"sb3-ppo": "sb3_ppo.zip", "ppo-onpolicy": "ppo_policy.pt"}
 
 
 class ShuffledExecutor(Executor):
@@ -34,6 +50,7 @@ class ShuffledExecutor(Executor):
         self.rng = random.Random(seed)
         self.busy: list[Task] = []
         self.most_busy = 0
+        self.just_sent = False
 
     def _idle(self) -> int:
         return self.workers - len(self.busy) if self.reference is not None else 0
@@ -41,9 +58,14 @@ class ShuffledExecutor(Executor):
     def _send(self, task: Task) -> None:
         self.busy.append(task)
         self.most_busy = max(self.most_busy, len(self.busy))
+        self.just_sent = True
 
     def _poll(self, timeout):
         ev = self.evaluator
+        if timeout is not None and self.just_sent:  # a short wait right after a plan went out: nothing finished yet
+            self.just_sent = False
+            time.sleep(timeout)
+            return []
         if self.reference is None:
             baselines = {p: ev.baseline_for(p) for p in ("search", "final")}
             for i in range(self.workers):
@@ -59,13 +81,13 @@ class ShuffledExecutor(Executor):
 @pytest.mark.parametrize("name", ALL)
 def test_every_searcher_takes_outcomes_in_any_order_and_is_asked_while_plans_are_pending(name, tmp_path):
     ex = ShuffledExecutor(workers=3)
-    run = CompressionRun(config(name, budget=10, run_dir=tmp_path), executor=ex)
+    cfg = (learner_config if name in LEARNERS else config)(name, budget=10, run_dir=tmp_path)
+    run = CompressionRun(cfg, executor=ex)
     searcher = run.make_searcher()
     run.search(searcher)
     keys = [e.plan_key for e in run.evaluations("search")]
     assert run.distinct("search") == 10 == len(keys) == len(set(keys))  # the budget, none evaluated twice
-    # env-driven learners keep one episode out at a time; the others fill every worker
-    assert ex.most_busy == (1 if name == "sb3-ppo" else 3)
+    assert ex.most_busy == 3  # every worker had a plan (env-driven learners step one env per worker)
     assert ex.in_flight == 0 and (tmp_path / "searcher" / "state.pt").is_file()
     if name == "nsga2":
         import optuna
@@ -78,7 +100,54 @@ def test_every_searcher_takes_outcomes_in_any_order_and_is_asked_while_plans_are
         assert not searcher.pending
     if name == "ppo":
         assert not searcher.impl.pending and len(searcher.impl.evaluations) == 10
+    searcher.close()
+    if name in LEARNERS:
+        assert getattr(searcher, "impl", searcher).episodes == 10  # every outcome reached the episode that asked
+        assert learner_threads() == []  # close() stopped the learner and its env threads
     run.close()
+
+
+def _learner_steps(learner: str, directory) -> int:
+    """Env steps counted by the learner's last checkpoint."""
+    path = directory / LEARNER_CHECKPOINTS[learner]
+    if learner == "sb3-ppo":
+        from stable_baselines3.common.save_util import load_from_zip_file
+
+        return int(load_from_zip_file(path, device="cpu")[0]["num_timesteps"])
+    import torch
+
+    return int(torch.load(path, weights_only=True)["num_timesteps"])
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_env_driven_learners_give_both_worker_processes_a_plan_and_resume_after_ctrl_c(learner, tmp_path, caplog):
+    # with 2 workers a rollout is 8 episodes (4 per env) of 7 steps (6 groups, then the final
+    # step): Ctrl-C after 10 plans comes after the first checkpoint, in the second rollout
+    cfg = learner_config(learner, budget=20, run_dir=tmp_path, execution={"workers": 2})
+    run = CompressionRun(cfg, evaluator_factory=surrogate_factory)
+    first = Watch(run, stop_at=10)
+    with deadline(60), pytest.raises(KeyboardInterrupt):
+        run.search()
+    assert learner_threads() == []  # the stop ended the learner and every env thread
+    before = [e.plan_key for e in run.evaluations("search")]
+    run.close()
+    steps_at_stop = _learner_steps(learner, tmp_path / "searcher")
+    assert 10 <= len(before) < 20 and steps_at_stop == 8 * 7
+
+    caplog.set_level(logging.INFO, logger="hadmc.search.bridge")
+    again = CompressionRun(cfg, resume=True, evaluator_factory=surrogate_factory)
+    second = Watch(again)
+    with deadline(60):
+        again.search()
+    assert f"continues from its checkpoint {LEARNER_CHECKPOINTS[learner]} at {steps_at_stop} steps" in caplog.text
+    keys = [e.plan_key for e in again.evaluations("search")]
+    assert keys[: len(before)] == before  # nothing recorded before the stop was lost or rewritten
+    assert len(keys) == len(set(keys)) == again.distinct("search") == 20  # the budget, no plan evaluated twice
+    assert _learner_steps(learner, tmp_path / "searcher") > steps_at_stop
+    for watch in (first, second):
+        assert watch.most_in_flight == 2 and watch.workers == {0, 1}  # both workers had a plan at once
+    assert learner_threads() == []
+    again.close()
 
 
 def test_a_checkpoint_holds_only_what_was_told_so_untold_probes_are_asked_again(tmp_path):
@@ -137,6 +206,11 @@ def test_workers_that_measure_on_different_devices_are_refused_rather_than_mixed
             run.search()
         finally:
             run.close()
+
+
+def test_a_worker_that_cannot_build_its_evaluator_stops_the_run_with_its_message(tmp_path):
+    with pytest.raises(HadmcError, match="could not build its evaluator: ModelError: weights file w.pt does not fit"):
+        CompressionRun(config("random", budget=4, run_dir=tmp_path, execution={"workers": 2}), evaluator_factory=broken_factory)
 
 
 def test_a_run_may_resume_with_another_number_of_workers(tmp_path):

@@ -1,4 +1,4 @@
-"""The Ray executor on a local Ray instance with 2 CPUs: actors, their nodes, a crashing actor."""
+"""The Ray executor on a local Ray instance with 2 CPUs: actors, their nodes, a crashing actor, env-driven learners."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ import os
 from pathlib import Path
 
 import pytest
-from search_fixtures import config, crashing_factory, surrogate_factory, surrogate_run
+from search_fixtures import (
+    LEARNERS,
+    Watch,
+    broken_factory,
+    config,
+    crashing_factory,
+    deadline,
+    learner_config,
+    learner_threads,
+    surrogate_factory,
+    surrogate_run,
+)
 
+from hadmc.errors import HadmcError
 from hadmc.run import CompressionRun
 
 ray = pytest.importorskip("ray")
@@ -59,4 +71,24 @@ def test_an_actor_killed_by_its_plan_is_replaced_and_the_plan_retried_once_then_
     failed = [e for e in evaluations if not e.ok]
     assert [e.plan_key for e in failed] == [crash_key] and "died twice" in failed[0].error and "actor died" in failed[0].error
     assert len(evaluations) == 6 and all(e.ok for e in evaluations if e.plan_key != crash_key)
+    run.close()
+
+
+def test_an_actor_that_cannot_build_its_evaluator_stops_the_run_with_its_message(local_ray, tmp_path):
+    cfg = config("random", budget=4, run_dir=tmp_path, execution={"executor": "ray", "workers": 2})
+    with pytest.raises(HadmcError, match="could not build its evaluator: ModelError: weights file w.pt does not fit"):
+        CompressionRun(cfg, evaluator_factory=broken_factory)
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_env_driven_learners_give_both_ray_actors_a_plan_at_once_and_reach_the_budget(local_ray, learner, tmp_path):
+    cfg = learner_config(learner, budget=12, run_dir=tmp_path, execution={"executor": "ray", "workers": 2})
+    run = CompressionRun(cfg, evaluator_factory=surrogate_factory)
+    watch = Watch(run)
+    with deadline(60):
+        searcher = run.search()
+    keys = [e.plan_key for e in run.evaluations("search")]
+    assert len(keys) == len(set(keys)) == run.distinct("search") == 12  # the budget, distinct plans
+    assert watch.most_in_flight == 2 and watch.workers == {0, 1}  # one env per actor, stepped at once
+    assert getattr(searcher, "impl", searcher).episodes == 12 and learner_threads() == []
     run.close()
