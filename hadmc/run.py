@@ -603,7 +603,11 @@ class CompressionRun:
         if base.plan_key in front_keys:
             front.append(self.store.lookup(base.plan_key, self.contexts["final"]) or base)
         front.sort(key=lambda e: (e.latency_ms if e.latency_ms is not None else math.inf))
-        best, violations = self._best([o.evaluation for o in finals if o.evaluation.complete])
+        # The best plan is one of the front the user sees: the reward times latency against the
+        # original in alternating blocks, the front compares medians, and on a drifting machine
+        # a plan the medians dominate could otherwise win on its ratio.
+        on_front = [e for e in front if e.complete and e.plan_key != base.plan_key]
+        best, violations = self._best(on_front or [o.evaluation for o in finals if o.evaluation.complete])
         meta = self.store.meta(self.run_id)
         result = CompressionResult(
             run_dir=self.run_dir or Path("."),
