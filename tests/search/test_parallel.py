@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing as mp
 import os
 import random
-import signal
+import subprocess
 import sys
 import time
 
@@ -225,27 +224,24 @@ def test_a_run_may_resume_with_another_number_of_workers(tmp_path):
     again.close()
 
 
-def _hold(path: str, ready) -> None:
-    lock = MeasurementLock(path)
-    lock.__enter__()
-    ready.set()
-    time.sleep(600)
+#: Another process holding the lock (a plain interpreter: a spawned child could not import
+#: this test module when the tests are not an importable package).
+_HOLD = "import sys, time; from hadmc.parallel import MeasurementLock; MeasurementLock(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(600)"
 
 
 def test_the_measurement_lock_excludes_other_processes_and_is_released_when_its_holder_dies(tmp_path):
     import fcntl
 
     path = tmp_path / "measure.lock"
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold, args=(str(path), ready), daemon=True)
-    holder.start()
-    assert ready.wait(60)
-    fd = os.open(path, os.O_RDWR)
-    with pytest.raises(BlockingIOError):
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the other process
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.join(10)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd = os.open(path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the other process
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, the lock is not released by the holder
+        holder.wait(10)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its death released it
     os.close(fd)
     with MeasurementLock(path), MeasurementLock(path) as again, again:  # nested in one process: no deadlock
