@@ -7,6 +7,7 @@ renders the run's events, and prints the final front with provenance marks.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -221,6 +222,13 @@ def compress(
     run = None
     live = Live(display.render(), console=err, refresh_per_second=4, transient=True) if interactive else None
     started = time.perf_counter()
+
+    def interrupted(signum, frame):  # Ctrl-C: stop now, and in any case before the next evaluation
+        if run is not None:
+            run.request_stop()
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, interrupted)
     try:
         if live is not None:
             live.start()
@@ -244,6 +252,7 @@ def compress(
         )
         raise typer.Exit(130) from None
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         if live is not None and live.is_started:
             live.stop()
         if run is not None:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,7 @@ class CompressionRun:
             phase: f"{kind}:{fingerprint}:{config.evaluation_context(phase)}" for phase in ("search", "final")
         }
         self._baselines: dict[str, Evaluation] = {}
+        self._stop = threading.Event()
         self.archives: dict[str, ParetoArchive] = {}
         self.started = time.perf_counter()
         self._prior_wall = float(store.meta(self.run_id).get("wall_s", 0.0))
@@ -326,6 +328,7 @@ class CompressionRun:
         else:
             waiting = {ticket: key for key, ticket in new.items()}
             while waiting:
+                self._check_stop()
                 for done in self.executor.wait():
                     outcomes[waiting.pop(done.ticket)] = self._finish(done, phase)
         out, given = [], set()
@@ -355,7 +358,18 @@ class CompressionRun:
         b = self.reward_breakdown(hit)
         return Outcome(hit.as_cached(), b.reward, b.terms, cached=True)
 
+    def request_stop(self) -> None:
+        """Stop before the next evaluation starts (with KeyboardInterrupt, as Ctrl-C does): a
+        signal handler calls this, so a stop is honoured even when the interrupt itself was
+        raised where Python cannot pass it on (a finalizer, a library's cleanup)."""
+        self._stop.set()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise KeyboardInterrupt
+
     def _evaluate_new(self, plan: CompressionPlan, phase: Phase) -> Outcome:
+        self._check_stop()
         self._emit("plan", {"phase": phase, "plan_key": plan.key(), "done": self.distinct(phase)})
 
         def stage(name: str) -> None:
@@ -531,6 +545,7 @@ class CompressionRun:
             return budget - self.distinct("search") - len(flight)
 
         while True:
+            self._check_stop()
             want = min(ex.free, room())
             short = False  # the searcher had fewer plans than free workers: ask again soon
             if want > 0 and not exhausted:

@@ -115,6 +115,27 @@ def test_when_no_plan_meets_the_constraints_the_best_found_is_returned_with_what
     run.close()
 
 
+def test_a_requested_stop_is_honoured_before_the_next_evaluation_even_if_the_interrupt_was_lost():
+    run = surrogate_run(config("random", budget=6))
+    searcher = run.make_searcher()
+    told = []
+    tell = searcher.tell
+
+    def tell_then_stop(plans, evaluations, rewards):  # Ctrl-C's handler ran; its KeyboardInterrupt went nowhere
+        tell(plans, evaluations, rewards)
+        told.extend(plans)
+        if len(told) == 2:
+            run.request_stop()
+
+    searcher.tell = tell_then_stop
+    with pytest.raises(KeyboardInterrupt):
+        run.search(searcher)
+    assert run.distinct("search") == 2
+    with pytest.raises(KeyboardInterrupt):  # the final phase honours it too
+        run.finalize()
+    run.close()
+
+
 class _DriftingSurrogate(SurrogateEvaluator):
     """Final figures whose interleaved ratios rank plans against their medians (as on a machine
     whose load drifted between measurements): the slowest median gets the best ratio."""
