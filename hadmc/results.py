@@ -153,7 +153,11 @@ class RunResults:
 
 
 def speedup(original: Evaluation, ev: Evaluation, latency: Callable[[Evaluation], float | None] | None = None) -> float | None:
-    """The original's latency over the plan's (by `latency`, default the stored medians)."""
+    """The original's latency over the plan's (by `latency`). By default the plan's ratio to
+    the original timed in alternating blocks where it has one (what `hadmc compress` prints and
+    the reward uses: two medians taken minutes apart drift apart), else the stored medians."""
+    if latency is None and ev.latency_ratio and ev.plan_key != original.plan_key:
+        return 1.0 / ev.latency_ratio
     lat = latency or (lambda e: e.latency_ms)
     a, b = lat(original), lat(ev)
     return a / b if a and b else None

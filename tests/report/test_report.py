@@ -206,3 +206,16 @@ def test_a_folder_that_is_not_a_finished_run_gives_a_clear_error(tmp_path, known
     (known.run_dir / "pareto.json").unlink()
     with pytest.raises(ConfigError, match="has not finished.*--resume"):
         load_results(known.run_dir)
+
+
+def test_speedup_is_the_interleaved_ratio_where_a_plan_has_one_as_hadmc_compress_prints_it():
+    from report_fixtures import evaluation, plan
+
+    from hadmc.plan import CompressionPlan
+    from hadmc.results import speedup
+
+    original = evaluation(CompressionPlan.uniform(0.0, "fp32", budget=0), "final", 0.98, 6.6, 4_000_000)
+    timed = evaluation(plan((0.5, 0.5), "int8"), "final", 0.98, 0.461, 1_000_000).model_copy(update={"latency_ratio": 1 / 15.7})
+    assert speedup(original, timed) == pytest.approx(15.7)  # the medians alone would say 14.3x
+    assert speedup(original, timed.model_copy(update={"latency_ratio": None})) == pytest.approx(6.6 / 0.461)
+    assert speedup(original, timed, latency=lambda e: e.latency_ms) == pytest.approx(6.6 / 0.461)  # asked for medians
