@@ -228,7 +228,10 @@ def compress(
             run.request_stop()
         raise KeyboardInterrupt
 
-    previous_handler = signal.signal(signal.SIGINT, interrupted)
+    try:
+        previous_handler = signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread (an embedding app): Ctrl-C stays the app's to handle
+        previous_handler = None
     try:
         if live is not None:
             live.start()
@@ -252,7 +255,8 @@ def compress(
         )
         raise typer.Exit(130) from None
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         if live is not None and live.is_started:
             live.stop()
         if run is not None:
