@@ -57,6 +57,10 @@ class SB3PPOSearcher(EnvDrivenSearcher):
             batch = math.gcd(2, episodes * self.context.workers) * steps  # divides the rollout (SB3 warns otherwise)
             ppo: dict[str, Any] = {"n_steps": episodes * steps, "batch_size": batch, "n_epochs": 10, **self.context.config.agent.ppo}
             model = Algo("MlpPolicy", flat, seed=self.context.seed, device="cpu", verbose=0, **ppo)
+        # An explicit logger: SB3's default (verbose 0) makes an empty SB3-<date> folder in /tmp per run.
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(folder=None, output_formats=[]))
         path = self.checkpoint
 
         class Checkpoint(BaseCallback):
