@@ -39,9 +39,17 @@ class LatencySettings(_Strict):
     address: str | None = Field(None, description="remote://host:port of a `hadmc probe serve` (remote probe only)")
     token: str | None = Field(None, description="bearer token of the remote probe")
     search_min_seconds: float | None = Field(
-        0.25, ge=0.0, description="timed wall time at least while searching (None: min_seconds); final figures always use min_seconds"
+        0.25, ge=0.0, description="timed wall time at least while searching (None or more: min_seconds); final figures always use min_seconds"
+    )
+    search_min_iterations: int | None = Field(
+        20, ge=1, description="timed inferences at least while searching (None or more: min_iterations); final figures always use min_iterations"
     )
     relative: RelativeSettings = Field(default_factory=lambda: RelativeSettings())
+    search_relative: RelativeSettings = Field(
+        default_factory=lambda: RelativeSettings(min_pairs=4, max_spread=0.05, max_rounds=2),
+        description="how search plans are timed against the original, each setting never finer than `relative`'s: a "
+        "coarser ratio (about 5%) is enough to rank plans, and the front is re-timed with `relative` when the search ends",
+    )
 
 
 class RelativeSettings(_Strict):
@@ -196,6 +204,9 @@ class PipelineSettings(_Strict):
     batch_size: int = Field(64, ge=1, description="batch size of recovery training and evaluation")
     learning_rate: float = Field(0.01, gt=0.0, description="peak learning rate of recovery fine-tuning (one-cycle SGD, as `apply_plan`)")
     calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
+    search_calibration_batches: int | None = Field(
+        2, ge=1, description="INT8 calibration batches while searching (None or more: calibration_batches); final figures always use calibration_batches"
+    )
     max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
     bn_recalibration: Literal["select", "search", "always", "never"] = Field(

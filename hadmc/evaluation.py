@@ -143,7 +143,9 @@ class PlanEvaluator:
     Search evaluations are cheaper than final ones without being less true: the teacher's
     logits on the (un-augmented) training split are computed once; a recovered student is
     shared by plans that differ only in precision or fusion; recovery runs `search_fidelity`
-    of the plan's budget and BatchNorm statistics are re-estimated; with a hard latency budget,
+    of the plan's budget and BatchNorm statistics are re-estimated; INT8 ranges are calibrated
+    on fewer batches and latency is timed against the original to a coarser interval (the
+    search probe and options); with a hard latency budget,
     latency and size are measured before recovery and a plan over the budget skips it. Final
     evaluations run the plan's whole budget and read accuracy on the test split.
 
@@ -155,7 +157,8 @@ class PlanEvaluator:
     :param cache: a `hadmc.hal.MeasurementCache` so identical artifacts are measured once (it
         wraps both probes)
     :param pipeline: keyword arguments of the pipeline stages (importance, round_to, recovery_lr,
-        batch_size, calibration_batches, max_train_batches, max_eval_batches)
+        batch_size, calibration_batches, search_calibration_batches, max_train_batches,
+        max_eval_batches)
     :param profile: attach measured per-group latency shares from the runtime's node profiler
     :param seed: seed of recovery fine-tuning
     :param search_fidelity: fraction of each plan's recovery steps run in search evaluations
@@ -171,6 +174,7 @@ class PlanEvaluator:
         `latency_probe`); final figures always come from `latency_probe`
     :param relative_options: how plans are timed against the original (``block_s``,
         ``min_pairs``, ``max_spread``, ``max_rounds``; None: the HAL's defaults)
+    :param search_relative_options: the same for search evaluations (None: `relative_options`)
     :param measurement_lock: held around every latency, energy and profiling measurement (a
         context manager; parallel workers share one, so a figure is never measured while
         another worker measures; recovery and accuracy runs do not take it)
@@ -198,6 +202,7 @@ class PlanEvaluator:
         profile_plans: bool = False,
         search_latency_probe=None,
         relative_options: dict[str, Any] | None = None,
+        search_relative_options: dict[str, Any] | None = None,
         measurement_lock: contextlib.AbstractContextManager | None = None,
         deployed_model: bytes | None = None,
     ):
@@ -216,6 +221,7 @@ class PlanEvaluator:
         self.cache = cache
         self.search_latency_probe = search_latency_probe if search_latency_probe is not None else self.latency_probe
         self.relative_options = dict(relative_options or {})
+        self.search_relative_options = dict(search_relative_options) if search_relative_options is not None else self.relative_options
         if cache is not None:
             self.latency_probe = hal.cached_probe(self.latency_probe, cache)
             if search_latency_probe is not None:
@@ -330,7 +336,7 @@ class PlanEvaluator:
         with self.measurement_lock:
             return measure_latency_and_energy(
                 probe, onnx_bytes, self.energy_probe if energy else None, reference=self._reference,
-                relative_options=self.relative_options, measured=measured,
+                relative_options=self._relative(phase), measured=measured,
             )  # fmt: skip
 
     def _patch_fields(self, onnx_bytes: bytes, timings: dict[str, float]) -> dict[str, Any]:
@@ -373,12 +379,19 @@ class PlanEvaluator:
         timings["prune_s"] = time.perf_counter() - t
         return pruned
 
-    def _export(self, student, plan):
+    def _relative(self, phase: Phase) -> dict[str, Any]:
+        """How a plan of `phase` is timed against the original."""
+        return self.search_relative_options if phase == "search" else self.relative_options
+
+    def _calibration_batches(self, phase: Phase) -> int:
+        """INT8 calibration batches of `phase` (fewer while searching when so configured)."""
+        full = self.pipeline.get("calibration_batches", 8)
+        return (self.pipeline.get("search_calibration_batches") or full) if phase == "search" else full
+
+    def _export(self, student, plan, phase: Phase):
         from .pipeline import export_artifact
 
-        return export_artifact(
-            student, plan, self.groups, self.data, self.device, calibration_batches=self.pipeline.get("calibration_batches", 8)
-        )
+        return export_artifact(student, plan, self.groups, self.data, self.device, calibration_batches=self._calibration_batches(phase))
 
     @staticmethod
     def _changed(plan, steps: int) -> bool:
@@ -396,7 +409,7 @@ class PlanEvaluator:
         t = time.perf_counter()
         other = copy.deepcopy(student)
         recalibrate_batchnorm(other, recalibration_batches(self.data, batch_size=self.pipeline.get("batch_size", 64)))
-        other_art = self._export(other, plan)
+        other_art = self._export(other, plan, "final")
         plain_val, recal_val = self._accuracy(art.onnx_bytes, "val"), self._accuracy(other_art.onnx_bytes, "val")
         timings["recalibration_select_s"] = time.perf_counter() - t
         use = recal_val > plain_val
@@ -454,7 +467,10 @@ class PlanEvaluator:
             "phase": phase,
             "device": self.device.id,
             "node": self.node,
-            "probe": (self.search_latency_probe if phase == "search" else self.latency_probe).settings(),
+            "probe": {
+                **(self.search_latency_probe if phase == "search" else self.latency_probe).settings(),
+                "relative": self._relative(phase), "calibration_batches": self._calibration_batches(phase),
+            },
             "versions": self.versions,
         }
         compressed = None
@@ -471,7 +487,7 @@ class PlanEvaluator:
                 # and spend no recovery on a plan that misses the hard budget.
                 pruned = self._prune(resolved, timings, say)
                 say("export")
-                early = self._export(pruned, resolved)
+                early = self._export(pruned, resolved, phase)
                 say("measure")
                 t = time.perf_counter()
                 early_m = self._measure(early.onnx_bytes, phase)
@@ -490,7 +506,7 @@ class PlanEvaluator:
                     raise _Skipped
             student, recovery = self._student(resolved, phase, steps, pruned, timings, say)
             say("export")
-            art = self._export(student, resolved)
+            art = self._export(student, resolved, phase)
             timings.update(art.timings)
             recalibrated = bool(recovery.get("bn_recalibrated"))
             if phase == "final" and self.bn_recalibration == "select" and self._changed(resolved, steps):
@@ -635,8 +651,21 @@ def build_evaluator(
         settings["threads"] = lat.threads
     probe = hal.get_latency_probe(probe_name, **settings)
     search_probe = None
-    if lat.search_min_seconds is not None and lat.search_min_seconds != lat.min_seconds:
-        search_probe = hal.get_latency_probe(probe_name, **{**settings, "min_seconds": lat.search_min_seconds})
+    # Search timing is never finer than the final timing: each setting is the coarser of the two.
+    search_settings = {
+        **settings,
+        "min_seconds": min(lat.min_seconds, lat.min_seconds if lat.search_min_seconds is None else lat.search_min_seconds),
+        "min_iterations": min(lat.min_iterations, lat.search_min_iterations or lat.min_iterations),
+    }
+    final_rel, search_rel = lat.relative, lat.search_relative
+    search_relative = {
+        "block_s": min(final_rel.block_s, search_rel.block_s),
+        "min_pairs": min(final_rel.min_pairs, search_rel.min_pairs),
+        "max_spread": max(final_rel.max_spread, search_rel.max_spread),
+        "max_rounds": min(final_rel.max_rounds, search_rel.max_rounds),
+    }
+    if search_settings != settings:
+        search_probe = hal.get_latency_probe(probe_name, **search_settings)
     energy = None
     if config.energy.probe:
         energy = probe.energy_probe(config.energy.probe, window_s=config.energy.window_s)
@@ -659,6 +688,7 @@ def build_evaluator(
             recovery_lr=p.learning_rate,
             batch_size=p.batch_size,
             calibration_batches=p.calibration_batches,
+            search_calibration_batches=min(p.calibration_batches, p.search_calibration_batches or p.calibration_batches),
             max_train_batches=p.max_train_batches,
             max_eval_batches=p.max_eval_batches,
         ),
@@ -670,6 +700,7 @@ def build_evaluator(
         latency_budget_ms=budget,
         search_latency_probe=search_probe,
         relative_options=lat.relative.model_dump(),
+        search_relative_options=search_relative,
         measurement_lock=measurement_lock,
         deployed_model=Path(config.deployed_model).read_bytes() if config.deployed_model is not None else None,
     )

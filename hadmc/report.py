@@ -426,7 +426,10 @@ def _settings_table(res: RunResults) -> str:
                 vals.append(v)
         return "<br>".join(_esc(v) for v in vals) or "-"
 
-    probe = distinct(lambda e: ", ".join(f"{k}={v}" for k, v in sorted(e.probe.items())))
+    def settings(d: dict, prefix: str = "") -> str:
+        return ", ".join(settings(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}" for k, v in sorted(d.items()))
+
+    probe = distinct(lambda e: settings(e.probe))
     versions = distinct(lambda e: ", ".join(f"{k} {v}" for k, v in sorted(e.versions.items())))
     device = distinct(lambda e: e.device)
     quant = distinct(lambda e: ", ".join(f"{k}={v}" for k, v in sorted((e.quantization or {}).items())))

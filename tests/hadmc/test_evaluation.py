@@ -209,3 +209,29 @@ def test_with_a_deployed_model_each_artifact_records_its_patch_size(trained_smal
     assert same.patch_bytes < 0.1 * same.model_bytes  # nothing changed: the graph skeleton only
     assert pruned.patch_bytes > 0.5 * pruned.model_bytes  # every pruned tensor changed size: sent whole
     assert first.evaluate(CompressionPlan.uniform(0.0, "fp32", budget=0)).patch_bytes is None  # no deployed model, no figure
+
+
+def test_search_evaluations_time_and_calibrate_more_coarsely_never_more_finely_than_final_ones(trained_small, digits16, tmp_path):
+    from hadmc.config import RunConfig
+    from hadmc.evaluation import build_evaluator
+
+    model, _ = trained_small
+    cfg = RunConfig(
+        name="coarse", run_dir=str(tmp_path / "run"), energy={"probe": None},
+        latency={**FAST, "search_min_iterations": 50, "search_min_seconds": 0.05,
+                 "relative": {"min_pairs": 3, "max_rounds": 1, "max_spread": 0.1},
+                 "search_relative": {"min_pairs": 4, "max_rounds": 2, "max_spread": 0.05, "block_s": 0.01}},
+        pipeline={"calibration_batches": 3, "search_calibration_batches": 1},
+    )  # fmt: skip
+    evaluator = build_evaluator(cfg, model=model, data=digits16)
+    evaluator.baseline_for("search")  # plans are timed against the original from here on
+    plan = CompressionPlan.uniform(0.5, "int8", budget=0)
+    search, final = evaluator.evaluate(plan, "search"), evaluator.evaluate(plan, "final")
+    assert search.ok and final.ok, (search.error, final.error)
+    # each search setting is the coarser of the two; final figures keep the final settings
+    assert search.probe["relative"] == {"block_s": 0.01, "min_pairs": 3, "max_rounds": 1, "max_spread": 0.1}
+    assert final.probe["relative"] == cfg.latency.relative.model_dump()
+    assert (search.probe["min_iterations"], search.probe["min_seconds"]) == (20, 0.05)
+    assert (final.probe["min_iterations"], final.probe["min_seconds"]) == (20, 0.1)
+    assert (search.probe["calibration_batches"], final.probe["calibration_batches"]) == (1, 3)
+    assert search.latency_ratio is not None and final.latency_ratio is not None
