@@ -21,6 +21,7 @@ evaluation costs at most a quarter of a full-fidelity one; Spearman >= 0.8.
 
     python scripts/bench_search.py --budget 64 --seeds 3 --json           # the full benchmark (hours)
     python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
+    python scripts/bench_search.py --plans-from runs/a runs/b --json   # the fidelity check alone, on plans those runs searched
 
 Progress goes to stderr. Machines are shared: the load average is printed with the figures.
 """
@@ -145,6 +146,35 @@ def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_pl
     }
 
 
+def fidelity_checks(fid: dict) -> dict[str, bool]:
+    """A search evaluation costs at most a quarter of a full one; search accuracy ranks plans
+    like full fidelity (Spearman >= 0.8 over >= 8 plans)."""
+    return {
+        "search_eval_le_quarter_full": fid.get("ratio") is not None and fid["ratio"] <= 0.25,
+        "spearman_ge_0_8": fid.get("spearman") is not None and fid["plans"] >= 8 and fid["spearman"] >= 0.8,
+    }
+
+
+def searched_plans(dirs: list[Path]) -> list[tuple[dict, float, float, float]]:
+    """(plan, accuracy, wall s, latency ms) of every complete search evaluation in the run
+    stores (hadmc.db) under `dirs`."""
+    import sqlite3
+
+    from hadmc.evaluation import Evaluation
+
+    out = []
+    for db in sorted(p for d in dirs for p in Path(d).rglob("hadmc.db")):
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'evaluations'").fetchone():
+                continue  # a measurement cache only
+            rows = con.execute("SELECT evaluation_json FROM evaluations WHERE phase = 'search'").fetchall()
+        for (text,) in rows:
+            e = Evaluation.model_validate_json(text)
+            if e.complete:
+                out.append((e.plan, e.accuracy, e.wall_s, e.latency_ms))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=64)
@@ -153,6 +183,8 @@ def main() -> int:
     ap.add_argument("--config", default=None, help="run configuration (default: the shipped quickstart)")
     ap.add_argument("--fidelity-plans", type=int, default=8)
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--plans-from", nargs="+", type=Path, default=None, metavar="DIR",
+                    help="run only the fidelity check, on the plans searched by the runs under these folders")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     names = [s.strip() for s in args.searchers.split(",") if s.strip()]
@@ -166,6 +198,16 @@ def main() -> int:
     out = Path(args.out or tmp.name)
     base = build_config(args.config)
     started, load0 = time.perf_counter(), os.getloadavg()
+    if args.plans_from:
+        plans = searched_plans(args.plans_from)
+        say(f"fidelity check alone: {len(plans)} search evaluations from {len(args.plans_from)} folder(s)")
+        fid = fidelity_check(base, plans, args.fidelity_plans, out)
+        report = {"plans_from": [str(d) for d in args.plans_from], "fidelity": fid, "checks": fidelity_checks(fid),
+                  "wall_s": time.perf_counter() - started, "load_average": {"start": load0, "end": os.getloadavg()}}  # fmt: skip
+        print(json.dumps(report, indent=1, default=str) if args.json else json.dumps(report["checks"]))
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     results: dict[str, list[dict]] = {n: [] for n in names}
     for seed in range(args.seeds):
         order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
@@ -194,8 +236,7 @@ def main() -> int:
     report["checks"] = {
         **({"ppo_hv_ge_random": med["ppo"] >= med["random"]} if {"ppo", "random"} <= set(med) else {}),
         **({"ppo_hv_ge_nsga2": med["ppo"] >= med["nsga2"]} if {"ppo", "nsga2"} <= set(med) else {}),
-        "search_eval_le_quarter_full": fid.get("ratio") is not None and fid["ratio"] <= 0.25,
-        "spearman_ge_0_8": fid.get("spearman") is not None and fid["plans"] >= 8 and fid["spearman"] >= 0.8,
+        **fidelity_checks(fid),
     }
     report["wall_s"] = time.perf_counter() - started
     report["load_average"] = {"start": load0, "end": os.getloadavg()}
