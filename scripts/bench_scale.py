@@ -45,7 +45,9 @@ Two fronts are compared for each pair of runs:
 ``checks`` sums up the issue's must-show over every repeat, for the pairs that ran:
 ``w2_faster_than_w1`` (wall time), ``w2_same_front_as_w1``, ``ray2_same_front_as_w2`` and
 ``w2_same_front_as_w1t1`` (one latency per plan), and ``w2_same_accuracy_and_size_as_w1t1``
-(every plan's accuracy and size equal: the two run torch with one thread each).
+(every plan's accuracy and size equal: the two run torch with one thread each), and
+``same_hadmc_source_throughout``: the hadmc sources did not change while the bench ran (this
+process imports them once, workers when they start; if they changed, compare nothing).
 
     python scripts/bench_scale.py --json                      # budget 16, random, seed 0
     python scripts/bench_scale.py --budget 8 --modes w1,w2 --json
@@ -59,6 +61,7 @@ invocation (and the same repeat), never a figure from elsewhere.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -90,6 +93,20 @@ def wait_for_quiet(max_load: float | None, max_wait_s: float) -> bool:
             return False
         time.sleep(10)
     return True
+
+
+def source_digest() -> str:
+    """SHA-256 (12 hex digits) of the hadmc package's Python sources. This process imports them
+    once, worker processes each time they start: an edit during the bench would have modes run
+    different code (one invocation here once had its in-process modes calibrate INT8 on 8
+    batches and its workers, started after an edit, on 2)."""
+    import hadmc
+
+    root = Path(hadmc.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def bench_config(args, out: Path, mode: str):
@@ -146,6 +163,7 @@ def run_mode(args, out: Path, mode: str) -> dict:
             "load_avg_start": load_start,
             "load_avg_end": load_avg(),
             "waited_for_quiet": quiet,
+            "hadmc_source_at_end": source_digest(),
         }
     finally:
         run.close()
@@ -300,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     from hadmc.models import load_default_model
 
     load_default_model()  # trained once before any timing
+    source = source_digest()
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     try:
         for r in range(args.repeats):
@@ -312,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
 
     report: dict = {
+        "hadmc_source": source,
         "machine": {"cpus": os.cpu_count(), "load_avg_start_end": [[x["load_avg_start"], x["load_avg_end"]] for m in modes for x in runs[m]]},
         "settings": {"budget": args.budget, "searcher": args.searcher, "seed": args.seed, "repeats": args.repeats},
         "checks": {},  # filled below
@@ -327,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     if "w1t1" in runs and "w2" in runs:
         report["w2_vs_w1t1"] = [{"speedup": a["wall_s"] / b["wall_s"], **compare(a, b)} for a, b in zip(runs["w1t1"], runs["w2"])]
     report["checks"] = checks(report)
+    # every mode ran the code this process imported (else the comparisons mix code versions)
+    report["checks"]["same_hadmc_source_throughout"] = all(x["hadmc_source_at_end"] == source for m in modes for x in runs[m])
+    if not report["checks"]["same_hadmc_source_throughout"]:
+        say("the hadmc sources changed during the bench: modes may have run different code; compare nothing, run again")
     if args.json:
         print(json.dumps(report, indent=1))
     else:
