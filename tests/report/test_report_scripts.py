@@ -56,3 +56,23 @@ def test_a_report_passes_the_browser_check_and_a_broken_page_fails_it(tmp_path):
     problems = json.loads(bad.stdout)["problems"]
     assert any("broken is broken" in p for p in problems) and any("blank is empty" in p for p in problems)
     assert any("console error" in p and "boom" in p for p in problems)
+
+
+def test_bench_deploy_measures_every_round_anew_even_through_the_runs_measurement_cache(tmp_path):
+    import importlib.util
+
+    from hadmc import hal
+
+    spec = importlib.util.spec_from_file_location("bench_deploy", SCRIPTS / "bench_deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "hal"))
+    from hal_models import matmul_model
+
+    probe = hal.get_latency_probe("ort-cpu", warmup_runs=2, warmup_s=0.0, min_iterations=5, min_seconds=0.0)
+    cached = hal.cached_probe(probe, hal.MeasurementCache(tmp_path / "cache.db"))
+    artifacts = {"small": matmul_model(8), "large": matmul_model(64)}
+    cached.measure(artifacts["small"])  # the run measured it once: the cache holds it
+    lat = bench.measure_interleaved(cached, artifacts, ["small", "large"], rounds=3)
+    assert {v["provenance"] for v in lat.values()} == {"measured"}
+    assert all(len(v["rounds_ms"]) == 3 and v["latency_ms"] > 0 for v in lat.values())
