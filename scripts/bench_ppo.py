@@ -155,6 +155,9 @@ def _sb3(task: str, seed: int, timesteps: int) -> dict[str, float]:
             learning_rate=schedule(hp["learning_rate"], hp["lr_schedule"]),
             clip_range=schedule(hp["clip_range"], hp["clip_schedule"]), seed=seed, device="cpu",
         )
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty /tmp/SB3-<date> folder
         model.learn(timesteps)
         env.close()
         return float(np.mean([e["r"] for e in model.ep_info_buffer])), t0, c0

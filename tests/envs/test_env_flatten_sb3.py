@@ -51,9 +51,11 @@ def test_sb3_check_env_passes_on_the_flattened_env(make_env):
 
 def test_sb3_ppo_runs_a_few_hundred_steps(make_env):
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     env = FlattenActions(make_env(4))
     model = PPO("MlpPolicy", env, n_steps=100, batch_size=50, n_epochs=2, seed=0, device="cpu", verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty /tmp/SB3-<date> folder
     model.learn(total_timesteps=300)
     assert model.num_timesteps >= 300
     base = env.unwrapped

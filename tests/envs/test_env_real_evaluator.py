@@ -167,6 +167,7 @@ def test_gymnasium_make_without_arguments_builds_the_embedded_default(tmp_path, 
 
 def test_sb3_checks_and_trains_on_the_flattened_real_env(digits_env):
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
     from hadmc.envs.wrappers import FlattenActions
@@ -176,6 +177,7 @@ def test_sb3_checks_and_trains_on_the_flattened_real_env(digits_env):
     before = digits_env.store.count(digits_env.run_id)
     steps = 20 * (len(digits_env.groups) + 1)  # twenty real plans applied and measured
     model = PPO("MlpPolicy", env, n_steps=steps, batch_size=steps // 4, n_epochs=1, seed=0, device="cpu", verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty /tmp/SB3-<date> folder
     model.learn(total_timesteps=steps)
     assert model.num_timesteps == steps
     assert digits_env.store.count(digits_env.run_id) > before  # new plans reached the store
