@@ -158,20 +158,12 @@ def fidelity_checks(fid: dict) -> dict[str, bool]:
 def searched_plans(dirs: list[Path]) -> list[tuple[dict, float, float, float]]:
     """(plan, accuracy, wall s, latency ms) of every complete search evaluation in the run
     stores (hadmc.db) under `dirs`."""
-    import sqlite3
-
-    from hadmc.evaluation import Evaluation
+    from hadmc.store import RunStore
 
     out = []
     for db in sorted(p for d in dirs for p in Path(d).rglob("hadmc.db")):
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'evaluations'").fetchone():
-                continue  # a measurement cache only
-            rows = con.execute("SELECT evaluation_json FROM evaluations WHERE phase = 'search'").fetchall()
-        for (text,) in rows:
-            e = Evaluation.model_validate_json(text)
-            if e.complete:
-                out.append((e.plan, e.accuracy, e.wall_s, e.latency_ms))
+        with RunStore(db) as store:
+            out += [(e.plan, e.accuracy, e.wall_s, e.latency_ms) for e in store.evaluations(phase="search") if e.complete]
     return out
 
 
