@@ -357,6 +357,9 @@ def _import_ort():
         import onnxruntime as ort
     except ImportError as exc:  # a core dependency; only a broken install gets here
         raise ProbeError("onnxruntime is not importable; reinstall with pip install 'hadmc'") from exc
+    # errors only: a provider that falls back is caught by the probe itself (_inference_session),
+    # and ORT's per-session warnings (1.31 warns on every CUDA session) would bury the live display
+    ort.set_default_logger_severity(3)
     return ort
 
 
@@ -440,9 +443,20 @@ class _OrtProbe(LatencyProbe):
 
     def _inference_session(self, data: bytes, so=None):
         try:
-            return self._ort.InferenceSession(data, sess_options=so or self.session_options(), providers=self._provider_list())
+            sess = self._ort.InferenceSession(data, sess_options=so or self.session_options(), providers=self._provider_list())
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ProbeError(f"ONNX Runtime ({self.name}) cannot load the model: {exc}") from exc
+        # ORT falls back to the next provider (in the end the CPU) when one fails to start, for
+        # instance when CUDA or cuDNN libraries are missing: figures taken then would be another
+        # device's, so a session that does not run on the first provider asked for is an error
+        wanted = [p if isinstance(p, str) else p[0] for p in self._provider_list()]
+        running = sess.get_providers()
+        if running[:1] != wanted[:1]:
+            raise ProbeError(
+                f"ONNX Runtime ({self.name}) could not start {wanted[0]} and fell back to {running}; "
+                f"the provider's libraries (CUDA, cuDNN or TensorRT) are missing or do not match. {self._install_hint()}"
+            )
+        return sess
 
     def _open(self, data: bytes, inputs: list[InputSpec]) -> RuntimeSession:
         sess = self._inference_session(data)
@@ -586,6 +600,10 @@ class OrtTrtProbe(OrtCudaProbe):
     def __init__(self, device: DeviceSpec | None = None, threads: int = 1, cache_dir: str | Path | None = None, fp16: bool = False, **kw: Any):
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "hadmc-trt-cache")
         self.fp16 = bool(fp16)
+        try:  # TensorRT's pip wheels load libnvinfer on import; ORT's EP then finds it by soname
+            import tensorrt  # noqa: F401
+        except ImportError:
+            pass  # a system TensorRT on the library path serves as well; a missing one is reported per session
         super().__init__(device, threads=threads, **kw)
 
     def _install_hint(self) -> str:

@@ -173,6 +173,22 @@ def test_missing_gpu_provider_says_which_extra_to_install():
         get_latency_probe("ort-cuda")
 
 
+def test_a_session_that_falls_back_to_another_provider_is_an_error(tiny_cnn_bytes, fast_timing):
+    # ORT starts the next provider in the list when one cannot start (missing CUDA libraries):
+    # figures from that session would be the CPU's, labelled as the GPU's
+    class FallsBack(OrtCpuProbe):
+        name = "falls-back"
+
+        def _check_providers(self) -> None:
+            pass
+
+        def _provider_list(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    with pytest.raises(ProbeError, match="could not start CUDAExecutionProvider and fell back to"):
+        FallsBack(**fast_timing).measure(tiny_cnn_bytes)
+
+
 def test_bad_settings_are_rejected_with_a_clear_error():
     with pytest.raises(ProbeError, match="threads"):
         get_latency_probe("ort-cpu", threads=0)
