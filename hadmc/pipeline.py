@@ -542,8 +542,40 @@ def convert_fp16(onnx_bytes: bytes, fp16_groups: set[str], groups: Sequence[Laye
         converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     except Exception as exc:
         raise PipelineError(f"fp16 conversion failed ({type(exc).__name__}: {exc})") from exc
+    converted = _drop_repeated_nodes(converted)
     converted.ir_version = min(converted.ir_version, MAX_IR_VERSION)
     return converted.SerializeToString()
+
+
+def _drop_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep one of each node repeated exactly (and one value_info per name).
+
+    The float16 converter of ONNX Runtime before 1.32 adds one Cast back to float32 per
+    consumer of a float16 tensor, each with the same name and output: a tensor that feeds two
+    float32 nodes (a residual branch) then has two producers, and ONNX Runtime refuses the
+    model ("two nodes with same node name"). The copies are identical, so one is kept.
+    """
+    graph = model.graph
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        sig = node.SerializeToString(deterministic=True)
+        if sig not in seen:
+            seen.add(sig)
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+    names: set[str] = set()
+    infos = []
+    for vi in graph.value_info:
+        if vi.name not in names:
+            names.add(vi.name)
+            infos.append(vi)
+    if len(infos) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(infos)
+    return model
 
 
 # -- 6. accuracy of the artifact ----------------------------------------------------------

@@ -190,6 +190,34 @@ def test_int8_and_fp16_groups_mix_in_one_artifact(trained_small, digits16, fp32_
     assert abs(out.accuracy - fp32_and_int8[0].accuracy) <= 0.03
 
 
+def test_a_float16_tensor_feeding_two_float32_nodes_gets_one_cast_on_any_onnxruntime():
+    # ONNX Runtime's float16 converter before 1.32 adds one identical Cast per float32 consumer
+    # (same name, same output); ORT then refuses the graph. Seen on a GPU with ORT 1.31: every
+    # plan mixing fp16 with int8 failed. The copies are built here as that converter built them.
+    from onnx import TensorProto, helper
+
+    from hadmc.pipeline import _drop_repeated_nodes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    half = helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="to_half")
+    relu = helper.make_node("Relu", ["h"], ["r"], name="relu")
+    casts = [helper.make_node("Cast", ["r"], ["r_cast_to_fp32"], to=TensorProto.FLOAT, name="r_cast_to_fp32_node") for _ in range(2)]
+    a = helper.make_node("Neg", ["r_cast_to_fp32"], ["a"], name="neg")
+    b = helper.make_node("Abs", ["r_cast_to_fp32"], ["b"], name="abs")
+    add = helper.make_node("Add", ["a", "b"], ["y"], name="add")
+    info = [helper.make_tensor_value_info("r_cast_to_fp32", TensorProto.FLOAT, [1, 4]) for _ in range(2)]
+    graph = helper.make_graph([half, relu, casts[0], a, casts[1], b, add], "g", [x], [y], value_info=info)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="same node name|more than one node"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    fixed = _drop_repeated_nodes(model)
+    assert [n.name for n in fixed.graph.node].count("r_cast_to_fp32_node") == 1 and len(fixed.graph.value_info) == 1
+    sess = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+    v = np.array([[-1.0, 0.5, 2.0, -3.0]], dtype=np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": v})[0], np.zeros_like(v))  # -relu(v) + |relu(v)|
+
+
 @pytest.mark.parametrize("arch", __import__("hadmc.models", fromlist=["ARCHITECTURES"]).ARCHITECTURES)
 def test_every_architecture_exports_at_32px_and_matches_pytorch(arch):
     torch.manual_seed(0)
