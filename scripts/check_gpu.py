@@ -14,8 +14,10 @@ measured there:
 
 A part passes when every plan evaluates without error, its figures are ``measured``, and its
 accuracy is within ``--max-drop`` points of the fp32 original's (the plans prune nothing, so
-only precision and runtime change the answer). On a machine without an NVIDIA GPU the script
-says "no GPU here" and exits 0; otherwise it exits 1 when a part fails.
+only precision and runtime change the answer). A part whose runtime is not installed (no
+onnxruntime-gpu, no TensorRT, no nvidia-ml-py) is reported as skipped with what to install;
+``--require-all`` makes that a failure. On a machine without an NVIDIA GPU the script says
+"no GPU here" and exits 0; otherwise it exits 1 when a part fails or none could run.
 
     python scripts/check_gpu.py --json
 """
@@ -51,6 +53,48 @@ def gpu_here() -> str | None:
         return "torch is not importable"
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False (no NVIDIA GPU or driver)"
+    return None
+
+
+def _loads(soname: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(soname)
+    except OSError:
+        return False
+    return True
+
+
+def missing_software(name: str) -> str | None:
+    """Why a part cannot run on this machine (its runtime is not installed), or None.
+
+    A part that could run but fails is a failure; a part whose runtime is absent is reported as
+    skipped with what to install, so the script says what this GPU machine can and cannot do.
+    """
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    if name in ("ort-cuda", "nvml-energy") and "CUDAExecutionProvider" not in providers:
+        return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider ({providers}): pip install 'hadmc[gpu]'"
+    if name == "nvml-energy":
+        try:
+            import pynvml  # noqa: F401
+        except ImportError:
+            return "nvidia-ml-py is not installed: pip install 'hadmc[gpu]'"
+    if name == "ort-trt":
+        if "TensorrtExecutionProvider" not in providers:
+            return f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider ({providers}): pip install 'hadmc[gpu]'"
+        try:
+            import tensorrt  # noqa: F401  (loads libnvinfer when TensorRT came from pip)
+        except ImportError:
+            if not _loads("libnvinfer.so.10"):
+                return "TensorRT is not installed (no tensorrt module, no libnvinfer.so.10 on the library path): pip install 'hadmc[tensorrt]'"
+    if name == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "TensorRT's Python API is not installed: pip install 'hadmc[tensorrt]'"
     return None
 
 
@@ -99,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (else one line per part)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    ap.add_argument("--require-all", action="store_true", help="fail when a part is skipped because its runtime is not installed")
     ap.add_argument("--max-drop", type=float, default=2.0, help="largest accuracy loss (points) a precision may cost")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.parts.split(",")) - set(PARTS))
@@ -109,15 +154,26 @@ def main(argv: list[str] | None = None) -> int:
         result = {"gpu": False, "message": f"no GPU here: {why}; nothing was checked", "parts": {}}
         print(json.dumps(result, indent=1) if args.json else result["message"])
         return 0
+    parts: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="hadmc-check-gpu-") as work:
-        parts = {name: run_part(name, PARTS[name], args.max_drop, Path(work)) for name in args.parts.split(",")}
-    result = {"gpu": True, "parts": parts, "ok": all(p["pass"] for p in parts.values()), "load_avg": os.getloadavg()}
+        for name in args.parts.split(","):
+            why_not = missing_software(name)
+            if why_not is not None:
+                say(f"{name}: skipped, {why_not}")
+                parts[name] = {"target": PARTS[name]["target"], "pass": None, "skipped": why_not}
+                continue
+            parts[name] = run_part(name, PARTS[name], args.max_drop, Path(work))
+    ran = [p for p in parts.values() if p["pass"] is not None]
+    skipped = sorted(n for n, p in parts.items() if p["pass"] is None)
+    ok = bool(ran) and all(p["pass"] for p in ran) and not (args.require_all and skipped)
+    result = {"gpu": True, "parts": parts, "ok": ok, "skipped": skipped, "load_avg": os.getloadavg()}
     if args.json:
         print(json.dumps(result, indent=1, default=str))
     else:
         for name, p in parts.items():
-            print(f"{name}: {'pass' if p['pass'] else 'FAIL'} {'; '.join(p['problems'])}")
-    return 0 if result["ok"] else 1
+            state = "skipped" if p["pass"] is None else "pass" if p["pass"] else "FAIL"
+            print(f"{name}: {state} {p.get('skipped') or '; '.join(p['problems'])}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

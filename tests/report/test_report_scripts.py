@@ -31,6 +31,26 @@ def test_check_gpu_without_a_gpu_says_so_and_exits_0():
     assert result["gpu"] is False and result["message"].startswith("no GPU here") and result["parts"] == {}
 
 
+def test_check_gpu_names_what_to_install_for_a_part_whose_runtime_is_missing(monkeypatch):
+    import importlib.util
+
+    import onnxruntime as ort
+
+    spec = importlib.util.spec_from_file_location("check_gpu", SCRIPTS / "check_gpu.py")
+    check_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_gpu)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt raises ImportError
+    assert "pip install 'hadmc[gpu]'" in check_gpu.missing_software("ort-cuda")
+    assert "pip install 'hadmc[gpu]'" in check_gpu.missing_software("nvml-energy")
+    assert "TensorrtExecutionProvider" in check_gpu.missing_software("ort-trt")
+    assert "pip install 'hadmc[tensorrt]'" in check_gpu.missing_software("tensorrt")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert check_gpu.missing_software("ort-cuda") is None
+    if not check_gpu._loads("libnvinfer.so.10"):
+        assert "no libnvinfer.so.10" in check_gpu.missing_software("ort-trt")
+
+
 browser = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason="no Chromium here (CI has none)")
 
 
