@@ -274,6 +274,11 @@ def compress(
     _print_result(cfg, result, time.perf_counter() - started)
 
 
+def _weights(cfg) -> str:
+    o = cfg.objectives
+    return ", ".join(f"{k} {getattr(o, k):g}" for k in ("accuracy", "latency", "energy", "size"))
+
+
 def _print_result(cfg, result, seconds: float) -> None:
     probe = cfg.latency.address or cfg.latency.probe
     title = (
@@ -298,6 +303,16 @@ def _print_result(cfg, result, seconds: float) -> None:
         )
         for v in result.violations:
             console.print(f"[yellow]no plan meets the constraints; the best found misses one: {escape(v)}[/yellow]", soft_wrap=True)
+        timed = [e for e in result.front if e.latency_ms is not None and e.plan_key != result.original.plan_key]
+        base_ms = result.original.latency_ms
+        if timed and base_ms and min(e.latency_ms for e in timed) >= base_ms:
+            fastest = min(timed, key=lambda e: e.latency_ms)
+            console.print(
+                f"[yellow]no plan on the front is faster than the original on this target: the fastest, {fastest.plan_key[:10]}, "
+                f"takes {fastest.latency_ms:.3f} ms against the original's {base_ms:.3f} ms; the front trades size and "
+                f"accuracy only (objective weights: {_weights(cfg)})[/yellow]",
+                soft_wrap=True,
+            )
     if best is not None and best.patch_bytes is not None:
         console.print(
             f"update patch of the best plan against the deployed model: {best.patch_bytes / 1e3:.1f} kB "

@@ -60,3 +60,27 @@ def test_bad_input_gives_one_clear_message_and_a_nonzero_exit(run_dir, tmp_path,
 def test_tensorrt_export_without_tensorrt_names_the_extra_to_install(run_dir, tmp_path):
     out = hadmc("export", run_dir, "--format", "tensorrt", "--out", tmp_path / "m.engine")
     assert out.returncode != 0 and "pip install 'hadmc[tensorrt]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_compress_says_when_no_plan_on_the_front_beats_the_original(tmp_path, capsys):
+    # seen on a GPU (ONNX Runtime CUDA, batch 1): every compressed plan ran slower than the
+    # original, and "best plan ... (0.5x)" alone read like a recommendation to ship it
+    from report_fixtures import evaluation, plan
+
+    from hadmc.api import build_config
+    from hadmc.cli_compress import _print_result
+    from hadmc.plan import CompressionPlan
+    from hadmc.run import CompressionResult
+
+    cfg = build_config(None, out=tmp_path / "run")
+    original = evaluation(CompressionPlan.uniform(0.0, "fp32", budget=0), "final", 0.96, 0.78, 44_000_000)
+    small = evaluation(plan((0.5, 0.5), "int8"), "final", 0.96, 1.36, 1_000_000)
+    result = CompressionResult(run_dir=tmp_path / "run", original=original, front=[original, small], best=small, evaluations=8)
+    _print_result(cfg, result, 1.0)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"no plan on the front is faster than the original on this target: the fastest, {small.plan_key[:10]}, takes 1.360 ms" in out
+    assert "against the original's 0.780 ms" in out and "latency 1, energy 0, size 0.25" in out
+
+    faster = evaluation(plan((0.7, 0.7), "int8"), "final", 0.95, 0.5, 600_000)
+    _print_result(cfg, CompressionResult(run_dir=tmp_path / "run", original=original, front=[original, faster, small], best=small), 1.0)
+    assert "faster than the original" not in capsys.readouterr().out
