@@ -32,6 +32,7 @@ OPTION_PATHS: dict[str, str] = {
     "budget": "search.budget",
     "searcher": "search.searcher",
     "fidelity": "search.fidelity",
+    "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",
     "ratio_mean": "agent.ratio_mean",
     "loss": "agent.loss",

@@ -187,6 +187,7 @@ def compress(
     budget: Annotated[Optional[int], typer.Option(help="Distinct plans to evaluate while searching.")] = None,
     searcher: Annotated[Optional[str], typer.Option(help="ppo | random | nsga2 | sb3-ppo | greedy")] = None,
     fidelity: Annotated[Optional[float], typer.Option(help="Fraction of each plan's recovery run while searching (1.0 = full).")] = None,
+    floor_slack: Annotated[Optional[float], typer.Option(help="Points the accuracy floor is lowered by while searching below full fidelity.")] = None,
     ratio_mean: Annotated[Optional[str], typer.Option(help="PPO ratio mean: token | joint | arithmetic | geometric | harmonic | power:P.")] = None,
     loss: Annotated[Optional[str], typer.Option(help="PPO loss: ppo-clip | pmd-mean | pmd-part.")] = None,
     advantage: Annotated[Optional[str], typer.Option(help="Advantage estimator: gae | group | loo | ploo.")] = None,
@@ -213,7 +214,7 @@ def compress(
     cfg = build_config(
         config, target=target, out=out, model=model, weights=weights, data=data, image_size=image_size, device=device,
         latency_budget_ms=latency_budget_ms, hard_latency_budget=hard_latency_budget, min_accuracy=min_accuracy,
-        budget=budget, searcher=searcher, fidelity=fidelity, ratio_mean=ratio_mean, loss=loss, advantage=advantage, seed=seed,
+        budget=budget, searcher=searcher, fidelity=fidelity, floor_slack=floor_slack, ratio_mean=ratio_mean, loss=loss, advantage=advantage, seed=seed,
         workers=workers, executor=executor, address=address, deployed_model=deployed_model,
     )  # fmt: skip
     interactive = sys.stderr.isatty() and not as_json

@@ -7,13 +7,14 @@ With baseline figures (subscript 0) of the uncompressed model, measured the same
        + w_en   * log(energy0 / energy)
        + w_size * log(bytes0 / bytes)
        - c_lat  * max(0, lat / budget_ms - 1)
-       - c_acc  * max(0, min_accuracy - acc)
+       - c_acc  * max(0, min_accuracy - slack - acc)
 
 Log ratios make a 2x speed-up and a 2x slow-down symmetric and keep a 40x speed-up from
 drowning every other term. A term whose figure (or baseline figure) is missing contributes 0
 and is reported as None. A failed plan gets `failure_penalty` and nothing else; a plan that
 missed a hard latency budget (recovery skipped) gets `failure_penalty` minus its latency hinge.
-A relative `min_accuracy` (``-1pt``) is resolved against the baseline's accuracy.
+A relative `min_accuracy` (``-1pt``) is resolved against the baseline's accuracy. The slack
+is 0 except for search-phase evaluations at reduced fidelity (``search.floor_slack_pt``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def compute_reward(
     weights: ObjectiveWeights,
     constraints: Constraints,
     failure_penalty: float = -2.0,
+    floor_slack: float = 0.0,
 ) -> RewardBreakdown:
     """Reward of `evaluation` against `baseline` (see module docstring).
 
@@ -56,6 +58,8 @@ def compute_reward(
     :param weights: weights of the relative terms
     :param constraints: latency budget, minimum accuracy and their penalty slopes
     :param failure_penalty: reward of a failed evaluation
+    :param floor_slack: lower the accuracy floor by this much (a fraction; the search's
+        ``floor_slack_pt`` / 100 while searching at reduced fidelity, else 0)
     """
     if not evaluation.ok:
         return RewardBreakdown(float(failure_penalty), {"failure": float(failure_penalty)})
@@ -82,7 +86,7 @@ def compute_reward(
     acc_hinge = 0.0
     floor = constraints.min_accuracy_for(acc0)
     if floor is not None and acc is not None:
-        acc_hinge = constraints.accuracy_penalty * max(0.0, floor - acc)
+        acc_hinge = constraints.accuracy_penalty * max(0.0, floor - floor_slack - acc)
     terms["latency_budget_penalty"] = -lat_hinge
     terms["min_accuracy_penalty"] = -acc_hinge
     reward -= lat_hinge + acc_hinge

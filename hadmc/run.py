@@ -276,7 +276,8 @@ class CompressionRun:
         from .reward import compute_reward
 
         c = self.config
-        return compute_reward(evaluation, self.baseline(evaluation.phase), c.objectives, c.constraints, c.failure_penalty)
+        slack = c.search.floor_slack_pt / 100.0 if evaluation.phase == "search" and c.search.fidelity < 1.0 else 0.0
+        return compute_reward(evaluation, self.baseline(evaluation.phase), c.objectives, c.constraints, c.failure_penalty, slack)
 
     def reward(self, evaluation: Evaluation) -> float:
         return self.reward_breakdown(evaluation).reward

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="base run configuration (default: the shipped quickstart; a smoke test passes a tiny one)")
     ap.add_argument("--budget", type=int, default=32, help="distinct plans the ppo searcher evaluates")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--floor-slack", type=float, default=None, help="search.floor_slack_pt for the search (points; default: the config's)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds per artifact")
     ap.add_argument("--json", action="store_true", help="print the result as JSON (else a short table)")
     args = ap.parse_args(argv)
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     config_path = args.out / "config.yaml"
     base = config_path if config_path.is_file() else args.config  # resume with the run's own settings
-    cfg = build_config(base, out=args.out, searcher="ppo", budget=args.budget, seed=None if config_path.is_file() else args.seed)
+    cfg = build_config(base, out=args.out, searcher="ppo", budget=args.budget, seed=None if config_path.is_file() else args.seed,
+                       floor_slack=None if config_path.is_file() else args.floor_slack)
     run = CompressionRun(cfg, resume=None, on_event=lambda kind, info: say(f"{info['phase']} {info['done']}: evaluating") if kind == "plan" else None)
     try:
         say(f"search: ppo, budget {args.budget}, {run.distinct('search')} plans already evaluated in {args.out}")
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": o.versions,
         "searcher": "ppo",
         "budget": args.budget,
+        "fidelity": cfg.search.fidelity,
+        "floor_slack_pt": cfg.search.floor_slack_pt,
         "evaluated": res.evaluated,
         "predicted_episodes": res.meta.get("predicted_episodes"),
         "rounds": args.rounds,

@@ -55,3 +55,12 @@ def test_the_latency_term_uses_the_interleaved_ratio_not_two_distant_medians():
     ev = _ev(accuracy=0.98, latency_ms=3.0, latency_ratio=0.25, model_bytes=4000)
     out = compute_reward(ev, BASE, ObjectiveWeights(accuracy=0.0, latency=1.0, energy=0.0, size=0.0), Constraints())
     assert out.terms["latency"] == pytest.approx(math.log(4.0))
+
+
+def test_floor_slack_lowers_only_the_accuracy_floor():
+    ev = _ev(accuracy=0.94, latency_ms=3.0, model_bytes=4000)
+    c = Constraints(min_accuracy="-2pt", accuracy_penalty=100.0)  # floor 96%
+    w = ObjectiveWeights(accuracy=0.0, latency=0.0, energy=0.0, size=0.0)
+    assert compute_reward(ev, BASE, w, c).terms["min_accuracy_penalty"] == pytest.approx(-2.0)
+    assert compute_reward(ev, BASE, w, c, floor_slack=0.01).terms["min_accuracy_penalty"] == pytest.approx(-1.0)
+    assert compute_reward(ev, BASE, w, c, floor_slack=0.03).terms["min_accuracy_penalty"] == 0.0

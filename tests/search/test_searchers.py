@@ -115,6 +115,24 @@ def test_when_no_plan_meets_the_constraints_the_best_found_is_returned_with_what
     run.close()
 
 
+def test_floor_slack_softens_the_floor_for_search_evaluations_only():
+    # a plan 1.5 points under a -1pt floor: while searching (fidelity 0.25) with 1 point of
+    # slack it pays for half a point; its final, full-fidelity evaluation pays for all 1.5
+    cfg = config("random", budget=2, search={"searcher": "random", "budget": 2, "fidelity": 0.25, "floor_slack_pt": 1.0})
+    run = surrogate_run(cfg)
+    run.search()
+    base = run.baseline("search")
+    low = run.evaluations("search")[0].model_copy(update={"accuracy": base.accuracy - 0.025})
+    assert run.reward_breakdown(low).terms["min_accuracy_penalty"] == pytest.approx(-0.5)
+    final = low.model_copy(update={"phase": "final", "accuracy": run.baseline("final").accuracy - 0.025})
+    assert run.reward_breakdown(final).terms["min_accuracy_penalty"] == pytest.approx(-1.5)
+    run.close()
+    full = surrogate_run(config("random", budget=2, search={"searcher": "random", "budget": 2, "fidelity": 1.0, "floor_slack_pt": 1.0}))
+    full.search()
+    assert full.reward_breakdown(low).terms["min_accuracy_penalty"] == pytest.approx(-1.5)  # full fidelity: no slack
+    full.close()
+
+
 def test_a_requested_stop_is_honoured_before_the_next_evaluation_even_if_the_interrupt_was_lost():
     run = surrogate_run(config("random", budget=6))
     searcher = run.make_searcher()
