@@ -22,6 +22,7 @@ evaluation costs at most a quarter of a full-fidelity one; Spearman >= 0.8.
     python scripts/bench_search.py --budget 64 --seeds 3 --json           # the full benchmark (hours)
     python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
     python scripts/bench_search.py --plans-from runs/a runs/b --json   # the fidelity check alone, on plans those runs searched
+    python scripts/bench_search.py --summarize --out runs/bs --budget 64 --json   # the runs a stopped benchmark finished, then the fidelity check
 
 Progress goes to stderr. Machines are shared: the load average is printed with the figures.
 """
@@ -82,6 +83,33 @@ def run_searcher(base_cfg, name: str, seed: int, budget: int, out: Path) -> dict
         }
     finally:
         run.close()
+
+
+def finished_runs(out: Path, names: list[str], budget: int) -> dict[str, list[dict]]:
+    """The figures `run_searcher` returns, read back from the run stores of searches that
+    reached the budget under `out` (``NAME-sSEED/hadmc.db``): a benchmark stopped between
+    runs is summarized from what it finished, with the same hypervolume history."""
+    from hadmc.store import RunStore
+
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for name in names:
+        for db in sorted(out.glob(f"{name}-s*/hadmc.db"), key=lambda d: int(d.parent.name.rsplit("-s", 1)[1])):
+            with RunStore(db) as store:
+                run_id = store.run_id(db.parent.name)
+                evs = store.evaluations(run_id, context=None, phase="search") if run_id is not None else []
+                if run_id is None or len({e.plan_key for e in evs}) < budget:
+                    say(f"{db.parent.name}: unfinished ({len(evs)} of {budget} evaluations), left out")
+                    continue
+                history = store.hypervolume_history(run_id, "search")
+                meta = store.meta(run_id)
+            checkpoints = sorted({16, 32, 64, budget} & set(range(1, budget + 1)))
+            results[name].append({
+                "seed": int(db.parent.name.rsplit("-s", 1)[1]), "hv": {str(k): hv_at(history, k) for k in checkpoints},
+                "mean_eval_s": statistics.fmean(e.wall_s for e in evs), "evaluations": len(evs), "failed": sum(not e.ok for e in evs),
+                "total_s": meta.get("wall_s"), "predicted_episodes": meta.get("predicted_episodes"),
+                "plans": [(e.plan, e.accuracy, e.wall_s, e.latency_ms) for e in evs if e.complete],
+            })  # fmt: skip
+    return {n: rs for n, rs in results.items() if rs}
 
 
 def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_plans: int, out: Path) -> dict:
@@ -177,8 +205,13 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--plans-from", nargs="+", type=Path, default=None, metavar="DIR",
                     help="run only the fidelity check, on the plans searched by the runs under these folders")
+    ap.add_argument("--summarize", action="store_true",
+                    help="run no search: summarize the finished runs under --out (a benchmark stopped between runs), then the fidelity check")
+    ap.add_argument("--skip-fidelity", action="store_true", help="leave out the fidelity check (with --summarize)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.summarize and not args.out:
+        ap.error("--summarize reads the runs under --out DIR")
     names = [s.strip() for s in args.searchers.split(",") if s.strip()]
     unknown = [n for n in names if n not in SEARCHERS]
     if unknown:
@@ -200,27 +233,35 @@ def main() -> int:
         if tmp is not None:
             tmp.cleanup()
         return 0
-    results: dict[str, list[dict]] = {n: [] for n in names}
-    for seed in range(args.seeds):
-        order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
-        for name in order:
-            say(f"seed {seed}: {name}, budget {args.budget}")
-            r = run_searcher(base, name, seed, args.budget, out)
-            say(f"seed {seed}: {name}: hv {r['hv']}, {r['mean_eval_s']:.1f} s per evaluation, {r['total_s']:.0f} s")
-            results[name].append(r)
+    if args.summarize:
+        results = finished_runs(out, names, args.budget)
+        if not results:
+            raise SystemExit(f"no run under {out} reached the budget of {args.budget}")
+    else:
+        results = {n: [] for n in names}
+        for seed in range(args.seeds):
+            order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
+            for name in order:
+                say(f"seed {seed}: {name}, budget {args.budget}")
+                r = run_searcher(base, name, seed, args.budget, out)
+                say(f"seed {seed}: {name}: hv {r['hv']}, {r['mean_eval_s']:.1f} s per evaluation, {r['total_s']:.0f} s")
+                results[name].append(r)
 
     report: dict = {"budget": args.budget, "seeds": args.seeds, "config": base.model_dump(mode="json"), "searchers": {}}
+    if args.summarize:
+        report["summarized_from"] = str(out)
+        report["seeds"] = {n: [r["seed"] for r in rs] for n, rs in results.items()}
     for name, rs in results.items():
         keys = rs[0]["hv"].keys()
         report["searchers"][name] = {
             "hypervolume": {k: summary([r["hv"][k] for r in rs]) for k in keys},
             "mean_eval_s": statistics.fmean(r["mean_eval_s"] for r in rs if r["mean_eval_s"] is not None),
-            "total_s": summary([r["total_s"] for r in rs]),
+            "total_s": summary([r["total_s"] for r in rs]) if all(r["total_s"] is not None for r in rs) else None,
             "failed": sum(r["failed"] for r in rs),
             "predicted_episodes": [r["predicted_episodes"] for r in rs],
         }
     all_plans = [p for rs in results.values() for r in rs for p in r["plans"]]
-    fid = fidelity_check(base, all_plans, args.fidelity_plans, out)
+    fid = {} if args.skip_fidelity else fidelity_check(base, all_plans, args.fidelity_plans, out)
     report["fidelity"] = fid
     last = str(args.budget)
     s = report["searchers"]
@@ -228,7 +269,7 @@ def main() -> int:
     report["checks"] = {
         **({"ppo_hv_ge_random": med["ppo"] >= med["random"]} if {"ppo", "random"} <= set(med) else {}),
         **({"ppo_hv_ge_nsga2": med["ppo"] >= med["nsga2"]} if {"ppo", "nsga2"} <= set(med) else {}),
-        **fidelity_checks(fid),
+        **(fidelity_checks(fid) if fid else {}),
     }
     report["wall_s"] = time.perf_counter() - started
     report["load_average"] = {"start": load0, "end": os.getloadavg()}

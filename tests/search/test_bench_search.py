@@ -1,0 +1,38 @@
+"""scripts/bench_search.py --summarize reads finished searches back with the figures a full
+benchmark run reports (surrogate figures, no model)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from search_fixtures import config, surrogate_run
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_search.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_search", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summarize_reads_finished_runs_and_leaves_out_unfinished_ones(tmp_path, bench):
+    expected = {}
+    for seed, budget in ((0, 6), (1, 6), (2, 3)):  # seed 2 stopped half way
+        name = f"random-s{seed}"
+        run = surrogate_run(config("random", budget=budget, run_dir=tmp_path / name, name=name, seed=seed))
+        run.search()
+        expected[seed] = (bench.hv_at(run.store.hypervolume_history(run.run_id, "search"), 6), len(run.evaluations("search")))
+        run.close()
+    results = bench.finished_runs(tmp_path, ["random", "nsga2"], budget=6)
+    assert list(results) == ["random"]  # no nsga2 run: no entry
+    rs = results["random"]
+    assert [r["seed"] for r in rs] == [0, 1]
+    for r in rs:
+        hv, n = expected[r["seed"]]
+        assert r["hv"]["6"] == pytest.approx(hv) and r["evaluations"] == n == 6 and r["failed"] == 0
+        assert len(r["plans"]) == 6 and r["mean_eval_s"] >= 0
