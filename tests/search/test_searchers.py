@@ -88,6 +88,28 @@ def test_a_run_directory_is_never_silently_reused_or_resumed_under_other_setting
         surrogate_run(config("random", budget=3, run_dir=tmp_path / "new"), resume=True)
 
 
+def test_a_run_started_before_a_setting_existed_resumes_with_that_settings_default(tmp_path):
+    # a run stored by an older HAD-MC lacks settings added since (here search.floor_slack_pt);
+    # it ran with their defaults, so resuming it under them is resuming under its own settings
+    import json
+    import sqlite3
+
+    run = surrogate_run(config("random", budget=3, run_dir=tmp_path))
+    run.search()
+    run.close()
+    with sqlite3.connect(tmp_path / "hadmc.db") as db:
+        (stored,) = db.execute("SELECT config_json FROM runs").fetchone()
+        older = json.loads(stored)
+        del older["search"]["floor_slack_pt"]
+        db.execute("UPDATE runs SET config_json = ?", (json.dumps(older),))
+    resumed = surrogate_run(config("random", budget=4, run_dir=tmp_path), resume=True)
+    resumed.search()
+    assert resumed.distinct("search") == 4
+    resumed.close()
+    with pytest.raises(ConfigError, match="search"):  # a setting that differs from its default still refuses
+        surrogate_run(config("random", budget=4, run_dir=tmp_path, search={"searcher": "random", "budget": 4, "update_budgets": [0, 1, 2, 3], "finalize_max": 4, "floor_slack_pt": 1.0}), resume=True)
+
+
 def test_ppo_searcher_counts_the_predicted_episodes_it_trained_on():
     run = surrogate_run(config("ppo", budget=8))
     searcher = run.search()
