@@ -37,6 +37,15 @@ from hadmc.plan import CompressionPlan
 
 log = logging.getLogger(__name__)
 
+#: A group's share of the original's latency counts as at least this fraction of it in the
+#: latency model: a group the original's profile gives (almost) no time (the classifier here)
+#: would otherwise turn its few microseconds into ratios in the hundreds, and those rows would
+#: swamp the pooled fit (seen: every plan's latency predicted 0.007 or 62 ms for 0.4-0.9 ms).
+SHARE_FLOOR = 0.01
+#: Predicted latencies stay within this factor of the measured range: a linear model far
+#: outside the plans it was fitted on extrapolates with no physical limit.
+EXTRAPOLATION = 2.0
+
 _SCOPE_FRACTION = {"head": 0.0, "last_stage": 0.25, "half": 0.5, "full": 1.0}
 _WIDTH = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
 
@@ -97,6 +106,10 @@ class PlanEncoding:
         return {"ratio": ratio, "keep_out": keep_out, "keep_in": keep_in, "mac": keep_out * keep_in, "int8": int8,
                 "fp16": fp16, "budget": budget, "scope": scope, "temperature": temp, "alpha": alpha}  # fmt: skip
 
+    def share_ms(self, base_ms: float) -> np.ndarray:
+        """Each group's milliseconds in the original, at least `SHARE_FLOOR` of its latency."""
+        return np.maximum(self.lat_share * base_ms, SHARE_FLOOR * base_ms)
+
     def summary(self, a: dict[str, np.ndarray]) -> np.ndarray:
         """Plan-level features of the accuracy model (one row per plan)."""
         w = self.flops / max(self.flops.sum(), 1e-12)
@@ -146,6 +159,7 @@ class PlanPredictor:
         self._acc = self._lat_plan = None
         self._lat_w: np.ndarray | None = None  # (G, terms) coefficients of the per-group latency model
         self._lat_map = (1.0, 0.0)
+        self._lat_range: tuple[float, float] | None = None  # measured latencies (with the original's)
         self._other_ms = 0.0
         self._size = None
         self._energy_per_ms: float | None = None
@@ -175,11 +189,13 @@ class PlanPredictor:
         # latency: per-group profiles where the evaluations carry them
         prof = [i for i, (_, e) in enumerate(rows) if e.group_latency_ms]
         lat = np.array([e.latency_ms for _, e in rows], dtype=float)
+        seen = np.append(lat, base_lat)
+        self._lat_range = (float(seen.min()), float(seen.max()))
         if len(prof) >= 2:
             sub = {k: v[prof] for k, v in a.items()}
-            share_ms = np.maximum(self.enc.lat_share * base_lat, 1e-4)
+            share_ms = self.enc.share_ms(base_lat)
             Y = np.array([[rows[i][1].group_latency_ms.get(n, 0.0) for n in self.enc.names] for i in prof]) / share_ms
-            self._lat_w = _pooled_ridge(self.enc.group_terms(sub), Y)
+            self._lat_w = _pooled_ridge(self.enc.group_terms(sub), Y, weights=share_ms)
             self._other_ms = float(np.mean([rows[i][1].group_latency_ms.get(OTHER, 0.0) for i in prof]))
             profiled_sum = np.array([sum(rows[i][1].group_latency_ms.values()) for i in prof])
             A = np.stack([profiled_sum, np.ones_like(profiled_sum)], axis=1)
@@ -214,13 +230,13 @@ class PlanPredictor:
             mu, sd = np.full(n, base.accuracy or 0.0), np.full(n, 0.1)
         if self._lat_w is not None:
             rel = np.maximum(np.einsum("ngt,gt->ng", self.enc.group_terms(a), self._lat_w), 0.0)
-            total = (rel * np.maximum(self.enc.lat_share * base_lat, 1e-4)).sum(axis=1) + self._other_ms
+            total = (rel * self.enc.share_ms(base_lat)).sum(axis=1) + self._other_ms
             lat = self._lat_map[0] * total + self._lat_map[1]
         elif self._lat_plan is not None:
             lat = base_lat * np.exp(self._lat_plan.predict(self.enc.plan_latency_features(a)))
         else:  # first-order: MACs kept by latency share
             lat = base_lat * (a["mac"] @ self.enc.lat_share / max(self.enc.lat_share.sum(), 1e-12))
-        lat = np.maximum(lat, 1e-3 * base_lat)
+        lat = np.clip(lat, self._lat_range[0] / EXTRAPOLATION, self._lat_range[1] * EXTRAPOLATION) if self._lat_range else np.maximum(lat, 1e-3 * base_lat)
         if self._size is not None:
             size = np.concatenate([self.enc.kept_bytes(a), np.ones((n, 1))], axis=1) @ self._size
         else:
@@ -254,16 +270,22 @@ def _gp(X: np.ndarray, y: np.ndarray, seed: int):
         return GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1, random_state=seed).fit(X, y)
 
 
-def _pooled_ridge(T: np.ndarray, Y: np.ndarray, pooled_alpha: float = 1e-6, group_alpha: float = 1.0) -> np.ndarray:
+def _pooled_ridge(
+    T: np.ndarray, Y: np.ndarray, pooled_alpha: float = 1e-6, group_alpha: float = 1.0, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Coefficients (G, terms): one pooled least-squares fit over every (plan, group) row, plus
     a per-group correction shrunk toward zero (ridge) so a group with few distinct decisions
     falls back on what the others show.
 
     :param T: (n, G, terms) terms of each group's decision
     :param Y: (n, G) each group's milliseconds relative to its share of the original's latency
+    :param weights: (G,) weight of each group's rows in the pooled fit (its share in ms: the
+        pooled fit then minimises errors in milliseconds, and a group that takes no time
+        cannot pull the model the others share)
     """
     n, G, k = T.shape
-    X, y = T.reshape(n * G, k), Y.reshape(n * G)
+    w = np.ones(G) if weights is None else np.asarray(weights, dtype=float) / float(np.mean(weights))
+    X, y = (T * w[None, :, None]).reshape(n * G, k), (Y * w[None, :]).reshape(n * G)
     w0 = np.linalg.solve(X.T @ X + pooled_alpha * len(y) * np.eye(k), X.T @ y)
     W = np.empty((G, k))
     for g in range(G):

@@ -70,3 +70,30 @@ def test_predicted_evaluations_say_so_and_never_claim_a_measurement():
     plan = CompressionPlan.uniform(0.5)
     ev = pred.evaluation(plan, pred.predict([plan]))
     assert set(ev.provenance.values()) == {"predicted"} and "never a measurement" in ev.notes[0]
+
+
+def test_a_group_the_original_profile_gives_no_time_does_not_swamp_the_latency_model():
+    # the embedded default's classifier: latency share 0 in the original's profile, a few
+    # microseconds in every plan's; as ratios of a zero share those rows (in the hundreds)
+    # once set every coefficient, and plans of 0.4-0.9 ms were predicted at 0.007 or 62 ms
+    import dataclasses
+
+    from hadmc.search.predictor import EXTRAPOLATION
+
+    groups = [*GROUPS[:-1], dataclasses.replace(GROUPS[-1], latency_share=0.0)]
+
+    def truth(plan):
+        ev = _truth(plan)
+        ms = {**ev.group_latency_ms, "fc": 0.005 + 0.02 * (plan.decision_for("fc").precision == "int8")}
+        return ev.model_copy(update={"group_latency_ms": ms, "latency_ms": sum(ms.values()) * 1.1})
+
+    rng = np.random.default_rng(3)
+    train, test = [_plan(rng) for _ in range(20)], [_plan(rng) for _ in range(30)]
+    pred = PlanPredictor(groups, BASE).fit(train, [truth(x) for x in train])
+    p = pred.predict(test)
+    true_lat = np.array([truth(x).latency_ms for x in test])
+    assert np.max(np.abs(p.latency_ms - true_lat) / true_lat) < 0.1  # 0.03 here; 0.29 with a floor alone, unweighted
+    # and however far a plan lies from those fitted, its latency stays near the measured range
+    lo, hi = pred._lat_range
+    far = pred.predict([CompressionPlan.uniform(0.95, "int8"), CompressionPlan.uniform(0.0, "fp32")]).latency_ms
+    assert np.all(far >= lo / EXTRAPOLATION) and np.all(far <= hi * EXTRAPOLATION)
