@@ -23,6 +23,7 @@ evaluation costs at most a quarter of a full-fidelity one; Spearman >= 0.8.
     python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
     python scripts/bench_search.py --plans-from runs/a runs/b --json   # the fidelity check alone, on plans those runs searched
     python scripts/bench_search.py --summarize --out runs/bs --budget 64 --json   # the runs a stopped benchmark finished, then the fidelity check
+    python scripts/bench_search.py --reuse --out runs/bs --budget 64 --seeds 3 --json   # continue a stopped benchmark
 
 Progress goes to stderr. Machines are shared: the load average is printed with the figures.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,27 +91,38 @@ def finished_runs(out: Path, names: list[str], budget: int) -> dict[str, list[di
     """The figures `run_searcher` returns, read back from the run stores of searches that
     reached the budget under `out` (``NAME-sSEED/hadmc.db``): a benchmark stopped between
     runs is summarized from what it finished, with the same hypervolume history."""
-    from hadmc.store import RunStore
-
     results: dict[str, list[dict]] = {n: [] for n in names}
     for name in names:
         for db in sorted(out.glob(f"{name}-s*/hadmc.db"), key=lambda d: int(d.parent.name.rsplit("-s", 1)[1])):
-            with RunStore(db) as store:
-                run_id = store.run_id(db.parent.name)
-                evs = store.evaluations(run_id, context=None, phase="search") if run_id is not None else []
-                if run_id is None or len({e.plan_key for e in evs}) < budget:
-                    say(f"{db.parent.name}: unfinished ({len(evs)} of {budget} evaluations), left out")
-                    continue
-                history = store.hypervolume_history(run_id, "search")
-                meta = store.meta(run_id)
-            checkpoints = sorted({16, 32, 64, budget} & set(range(1, budget + 1)))
-            results[name].append({
-                "seed": int(db.parent.name.rsplit("-s", 1)[1]), "hv": {str(k): hv_at(history, k) for k in checkpoints},
-                "mean_eval_s": statistics.fmean(e.wall_s for e in evs), "evaluations": len(evs), "failed": sum(not e.ok for e in evs),
-                "total_s": meta.get("wall_s"), "predicted_episodes": meta.get("predicted_episodes"),
-                "plans": [(e.plan, e.accuracy, e.wall_s, e.latency_ms) for e in evs if e.complete],
-            })  # fmt: skip
+            r = finished_run(db.parent, budget)
+            if r is not None:
+                results[name].append(r)
     return {n: rs for n, rs in results.items() if rs}
+
+
+def finished_run(run_dir: Path, budget: int) -> dict | None:
+    """`run_searcher`'s figures of the search in `run_dir` (``NAME-sSEED``), read from its
+    store, or None when it has not reached the budget."""
+    from hadmc.store import RunStore
+
+    db = run_dir / "hadmc.db"
+    if not db.is_file():
+        return None
+    with RunStore(db) as store:
+        run_id = store.run_id(run_dir.name)
+        evs = store.evaluations(run_id, context=None, phase="search") if run_id is not None else []
+        if run_id is None or len({e.plan_key for e in evs}) < budget:
+            say(f"{run_dir.name}: unfinished ({len(evs)} of {budget} evaluations)")
+            return None
+        history = store.hypervolume_history(run_id, "search")
+        meta = store.meta(run_id)
+    checkpoints = sorted({16, 32, 64, budget} & set(range(1, budget + 1)))
+    return {
+        "seed": int(run_dir.name.rsplit("-s", 1)[1]), "hv": {str(k): hv_at(history, k) for k in checkpoints},
+        "mean_eval_s": statistics.fmean(e.wall_s for e in evs), "evaluations": len(evs), "failed": sum(not e.ok for e in evs),
+        "total_s": meta.get("wall_s"), "predicted_episodes": meta.get("predicted_episodes"),
+        "plans": [(e.plan, e.accuracy, e.wall_s, e.latency_ms) for e in evs if e.complete],
+    }  # fmt: skip
 
 
 def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_plans: int, out: Path) -> dict:
@@ -207,11 +220,14 @@ def main() -> int:
                     help="run only the fidelity check, on the plans searched by the runs under these folders")
     ap.add_argument("--summarize", action="store_true",
                     help="run no search: summarize the finished runs under --out (a benchmark stopped between runs), then the fidelity check")
-    ap.add_argument("--skip-fidelity", action="store_true", help="leave out the fidelity check (with --summarize)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="searches under --out that reached the budget are read back instead of run again (a stopped benchmark "
+                    "continues); an unfinished one is started over")
+    ap.add_argument("--skip-fidelity", action="store_true", help="leave out the fidelity check")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if args.summarize and not args.out:
-        ap.error("--summarize reads the runs under --out DIR")
+    if (args.summarize or args.reuse) and not args.out:
+        ap.error("--summarize and --reuse read the runs under --out DIR")
     names = [s.strip() for s in args.searchers.split(",") if s.strip()]
     unknown = [n for n in names if n not in SEARCHERS]
     if unknown:
@@ -242,6 +258,14 @@ def main() -> int:
         for seed in range(args.seeds):
             order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
             for name in order:
+                run_dir = out / f"{name}-s{seed}"
+                r = finished_run(run_dir, args.budget) if args.reuse else None
+                if r is not None:
+                    say(f"seed {seed}: {name}: reusing the finished search in {run_dir}")
+                    results[name].append(r)
+                    continue
+                if args.reuse and run_dir.exists():
+                    shutil.rmtree(run_dir)  # unfinished: started over, as the others ran
                 say(f"seed {seed}: {name}, budget {args.budget}")
                 r = run_searcher(base, name, seed, args.budget, out)
                 say(f"seed {seed}: {name}: hv {r['hv']}, {r['mean_eval_s']:.1f} s per evaluation, {r['total_s']:.0f} s")
