@@ -211,7 +211,7 @@ class CompressionRun:
         now = self.config.model_dump(mode="json")
         try:  # settings added since the run started take their defaults, which is what it ran with
             stored = RunConfig.parse(stored).model_dump(mode="json")
-        except Exception:  # a setting since removed or renamed: compare as stored (and refuse)
+        except ConfigError:  # a setting since removed or renamed: compare as stored (and refuse)
             pass
         free = {"name", "run_dir", "execution"}  # where plans are evaluated changes no figure
         differ = []
