@@ -249,6 +249,7 @@ def main() -> int:
         if tmp is not None:
             tmp.cleanup()
         return 0
+    reused: list[str] = []
     if args.summarize:
         results = finished_runs(out, names, args.budget)
         if not results:
@@ -262,6 +263,7 @@ def main() -> int:
                 r = finished_run(run_dir, args.budget) if args.reuse else None
                 if r is not None:
                     say(f"seed {seed}: {name}: reusing the finished search in {run_dir}")
+                    reused.append(run_dir.name)
                     results[name].append(r)
                     continue
                 if args.reuse and run_dir.exists():
@@ -272,6 +274,8 @@ def main() -> int:
                 results[name].append(r)
 
     report: dict = {"budget": args.budget, "seeds": args.seeds, "config": base.model_dump(mode="json"), "searchers": {}}
+    if reused:  # read back from an earlier invocation: not interleaved with the runs made now
+        report["reused_runs"] = reused
     if args.summarize:
         report["summarized_from"] = str(out)
         report["seeds"] = {n: [r["seed"] for r in rs] for n, rs in results.items()}
