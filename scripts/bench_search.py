@@ -8,8 +8,8 @@ All in one run, on this machine, with the real evaluator (embedded default, ONNX
   median and range over seeds; the mean wall time of a search evaluation; the searcher's total
   wall time. Searchers run interleaved per seed, so load drift hits all of them alike.
   ``ppo`` is Dyna-style; ``ppo-onpolicy`` is plain on-policy PPO on real evaluations.
-- fidelity: at least 8 diverse plans (spread over the search-fidelity accuracy range of all
-  runs) are evaluated again, each at search fidelity and at full fidelity (as the final front
+- fidelity: at least 8 diverse plans (evenly spaced over the search-fidelity accuracy range
+  of all runs) are evaluated again, each at search fidelity and at full fidelity (as the final front
   is), one after the other in one evaluator after a common warm-up (baselines, teacher
   logits), the order alternating from plan to plan: the Spearman correlation of their search
   accuracy (validation split) with their full-fidelity accuracy (the test split, the figure a
@@ -125,6 +125,29 @@ def finished_run(run_dir: Path, budget: int) -> dict | None:
     }  # fmt: skip
 
 
+def spread_plans(plans: list[tuple[dict, float, float, float]], n: int) -> list[tuple[dict, float, float, float]]:
+    """`n` distinct plans spread evenly over the search-accuracy range, lowest to highest: for
+    each of `n` equally spaced accuracy levels, the nearest plan not yet chosen.
+
+    Evenly spaced in accuracy, not in rank: searchers crowd their plans near the top, and
+    rank quantiles then pick mostly plans within a few test images of each other, whose full-
+    fidelity order is the test split's noise rather than the proxy's."""
+    seen, unique = set(), []
+    for p in sorted(plans, key=lambda r: r[1]):
+        key = json.dumps(p[0], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if len(unique) <= n:
+        return unique
+    lo, hi = unique[0][1], unique[-1][1]
+    chosen: set[int] = set()
+    for i in range(n):
+        level = lo + i * (hi - lo) / (n - 1)
+        chosen.add(min((k for k in range(len(unique)) if k not in chosen), key=lambda k: (abs(unique[k][1] - level), k)))
+    return [unique[k] for k in sorted(chosen)]
+
+
 def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_plans: int, out: Path) -> dict:
     """Each chosen plan evaluated again at search fidelity and at full fidelity, one after the
     other in one evaluator (the order alternates from plan to plan, so load drift hits both
@@ -135,16 +158,9 @@ def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_pl
     from hadmc.evaluation import build_evaluator
     from hadmc.plan import CompressionPlan
 
-    seen, unique = set(), []
-    for p in sorted(plans, key=lambda r: r[1]):
-        key = json.dumps(p[0], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    if len(unique) < 2:
-        return {"plans": len(unique), "spearman": None}
-    idx = sorted({round(i * (len(unique) - 1) / (n_plans - 1)) for i in range(n_plans)})
-    chosen = [unique[i] for i in idx]
+    chosen = spread_plans(plans, n_plans)
+    if len(chosen) < 2:
+        return {"plans": len(chosen), "spearman": None}
     cfg = build_config(base_cfg, out=out / "fidelity")
     evaluator = build_evaluator(cfg)
     # Each evaluation recovers its own student, as a plan seen once in a search does.

@@ -36,3 +36,14 @@ def test_summarize_reads_finished_runs_and_leaves_out_unfinished_ones(tmp_path, 
         hv, n = expected[r["seed"]]
         assert r["hv"]["6"] == pytest.approx(hv) and r["evaluations"] == n == 6 and r["failed"] == 0
         assert len(r["plans"]) == 6 and r["mean_eval_s"] >= 0
+
+
+def test_fidelity_plans_are_spread_evenly_over_the_accuracy_range_not_over_ranks(bench):
+    # Eleven plans crowded near the top, three spread below, one plan repeated.
+    accs = [0.10, 0.40, 0.70] + [0.95 + 0.004 * i for i in range(11)]
+    plans = [({"p": i}, a, 1.0, 1.0) for i, a in enumerate(accs)] + [({"p": 0}, 0.10, 1.0, 1.0)]
+    chosen = bench.spread_plans(plans, 5)
+    # Levels 0.10, 0.3125, 0.525, 0.7375, 0.99: nearest unused plans, none twice, lowest first.
+    assert [round(p[1], 3) for p in chosen] == [0.10, 0.40, 0.70, 0.95, 0.99]
+    assert len({p[0]["p"] for p in chosen}) == 5
+    assert bench.spread_plans(plans[:3], 5) == sorted(plans[:3], key=lambda p: p[1])
