@@ -95,6 +95,32 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def config_differences(config: RunConfig, stored: dict[str, Any]) -> list[str]:
+    """Top-level settings of `config` that differ from a run's `stored` config and would change
+    its figures: everything but the name, the run directory, the execution settings and the
+    search's budget and finalize_max. Settings added since the run started take their
+    defaults, which is what it ran with. An empty `stored` (no config kept) differs in nothing."""
+    if not stored:
+        return []
+    now = config.model_dump(mode="json")
+    try:
+        stored = RunConfig.parse(stored).model_dump(mode="json")
+    except ConfigError:  # a setting since removed or renamed: compare as stored (and differ)
+        pass
+    free = {"name", "run_dir", "execution"}  # where plans are evaluated changes no figure
+    differ = []
+    for key in sorted(set(now) | set(stored)):
+        if key in free:
+            continue
+        a, b = now.get(key), stored.get(key)
+        if key == "search" and isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k not in ("budget", "finalize_max")}
+            b = {k: v for k, v in b.items() if k not in ("budget", "finalize_max")}
+        if a != b:
+            differ.append(key)
+    return differ
+
+
 class CompressionRun:
     """One compression run (see module docstring).
 
@@ -206,24 +232,7 @@ class CompressionRun:
 
     def _check_same_config(self, stored: dict[str, Any]) -> None:
         """Refuse to resume under settings that change figures (the budget may grow)."""
-        if not stored:
-            return
-        now = self.config.model_dump(mode="json")
-        try:  # settings added since the run started take their defaults, which is what it ran with
-            stored = RunConfig.parse(stored).model_dump(mode="json")
-        except ConfigError:  # a setting since removed or renamed: compare as stored (and refuse)
-            pass
-        free = {"name", "run_dir", "execution"}  # where plans are evaluated changes no figure
-        differ = []
-        for key in sorted(set(now) | set(stored)):
-            if key in free:
-                continue
-            a, b = now.get(key), stored.get(key)
-            if key == "search" and isinstance(a, dict) and isinstance(b, dict):
-                a = {k: v for k, v in a.items() if k not in ("budget", "finalize_max")}
-                b = {k: v for k, v in b.items() if k not in ("budget", "finalize_max")}
-            if a != b:
-                differ.append(key)
+        differ = config_differences(self.config, stored)
         if differ:
             raise ConfigError(
                 f"run {self.config.name!r} was started with other settings for: {', '.join(differ)}; resume it with "

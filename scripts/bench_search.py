@@ -57,12 +57,18 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "per_seed": values}
 
 
-def run_searcher(base_cfg, name: str, seed: int, budget: int, out: Path) -> dict:
+def searcher_config(base_cfg, name: str, seed: int, budget: int, out: Path):
+    """The run configuration of one searcher and seed (``ppo-onpolicy``: ppo without Dyna)."""
     from hadmc.api import build_config
-    from hadmc.run import CompressionRun
 
     searcher, dyna = ("ppo", False) if name == "ppo-onpolicy" else (name, True)
-    cfg = build_config(base_cfg, out=out / f"{name}-s{seed}", searcher=searcher, budget=budget, seed=seed, dyna=dyna)
+    return build_config(base_cfg, out=out / f"{name}-s{seed}", searcher=searcher, budget=budget, seed=seed, dyna=dyna)
+
+
+def run_searcher(base_cfg, name: str, seed: int, budget: int, out: Path) -> dict:
+    from hadmc.run import CompressionRun
+
+    cfg = searcher_config(base_cfg, name, seed, budget, out)
     t0 = time.perf_counter()
     run = CompressionRun(cfg, resume=None)
     try:
@@ -87,22 +93,29 @@ def run_searcher(base_cfg, name: str, seed: int, budget: int, out: Path) -> dict
         run.close()
 
 
-def finished_runs(out: Path, names: list[str], budget: int) -> dict[str, list[dict]]:
+def finished_runs(out: Path, names: list[str], budget: int, base_cfg=None) -> dict[str, list[dict]]:
     """The figures `run_searcher` returns, read back from the run stores of searches that
     reached the budget under `out` (``NAME-sSEED/hadmc.db``): a benchmark stopped between
     runs is summarized from what it finished, with the same hypervolume history."""
     results: dict[str, list[dict]] = {n: [] for n in names}
     for name in names:
         for db in sorted(out.glob(f"{name}-s*/hadmc.db"), key=lambda d: int(d.parent.name.rsplit("-s", 1)[1])):
-            r = finished_run(db.parent, budget)
+            r = finished_run(db.parent, budget, base_cfg)
             if r is not None:
                 results[name].append(r)
     return {n: rs for n, rs in results.items() if rs}
 
 
-def finished_run(run_dir: Path, budget: int) -> dict | None:
+class OtherSettings(SystemExit):
+    """A finished search under --out was made with settings other than this benchmark's."""
+
+
+def finished_run(run_dir: Path, budget: int, base_cfg=None) -> dict | None:
     """`run_searcher`'s figures of the search in `run_dir` (``NAME-sSEED``), read from its
-    store, or None when it has not reached the budget."""
+    store, or None when it has not reached the budget. With `base_cfg`, a search made with
+    other settings (another fidelity, say) raises `OtherSettings`: it is neither reused nor
+    deleted."""
+    from hadmc.run import config_differences
     from hadmc.store import RunStore
 
     db = run_dir / "hadmc.db"
@@ -110,6 +123,14 @@ def finished_run(run_dir: Path, budget: int) -> dict | None:
         return None
     with RunStore(db) as store:
         run_id = store.run_id(run_dir.name)
+        if run_id is not None and base_cfg is not None:
+            name, seed = run_dir.name.rsplit("-s", 1)
+            differ = config_differences(searcher_config(base_cfg, name, int(seed), budget, run_dir.parent), store.run_config(run_id))
+            if differ:
+                raise OtherSettings(
+                    f"{run_dir} was searched with other settings for: {', '.join(differ)} (see its config.yaml); "
+                    "benchmark into another --out, or pass that run's settings with --config"
+                )
         evs = store.evaluations(run_id, context=None, phase="search") if run_id is not None else []
         if run_id is None or len({e.plan_key for e in evs}) < budget:
             say(f"{run_dir.name}: unfinished ({len(evs)} of {budget} evaluations)")
@@ -267,7 +288,7 @@ def main() -> int:
         return 0
     reused: list[str] = []
     if args.summarize:
-        results = finished_runs(out, names, args.budget)
+        results = finished_runs(out, names, args.budget, base)
         if not results:
             raise SystemExit(f"no run under {out} reached the budget of {args.budget}")
     else:
@@ -276,7 +297,7 @@ def main() -> int:
             order = names[seed % len(names):] + names[: seed % len(names)]  # rotate: drift hits all alike
             for name in order:
                 run_dir = out / f"{name}-s{seed}"
-                r = finished_run(run_dir, args.budget) if args.reuse else None
+                r = finished_run(run_dir, args.budget, base) if args.reuse else None
                 if r is not None:
                     say(f"seed {seed}: {name}: reusing the finished search in {run_dir}")
                     reused.append(run_dir.name)

@@ -47,3 +47,17 @@ def test_fidelity_plans_are_spread_evenly_over_the_accuracy_range_not_over_ranks
     assert [round(p[1], 3) for p in chosen] == [0.10, 0.40, 0.70, 0.95, 0.99]
     assert len({p[0]["p"] for p in chosen}) == 5
     assert bench.spread_plans(plans[:3], 5) == sorted(plans[:3], key=lambda p: p[1])
+
+
+def test_reuse_refuses_a_finished_run_made_with_other_settings(tmp_path, bench):
+    name = "random-s0"
+    run = surrogate_run(config("random", budget=4, run_dir=tmp_path / name, name=name, seed=0))
+    run.search()
+    run.close()
+    same = config("random", budget=4)
+    assert [r["seed"] for r in bench.finished_runs(tmp_path, ["random"], budget=4, base_cfg=same)["random"]] == [0]
+    other = config("random", budget=4, search={"searcher": "random", "budget": 4, "update_budgets": [0, 1, 2, 3],
+                                                "finalize_max": 4, "fidelity": 0.5})  # fmt: skip
+    with pytest.raises(bench.OtherSettings, match="other settings for: search"):
+        bench.finished_run(tmp_path / name, 4, other)
+    assert (tmp_path / name / "hadmc.db").is_file()  # neither reused nor deleted
