@@ -32,6 +32,7 @@ OPTION_PATHS: dict[str, str] = {
     "budget": "search.budget",
     "searcher": "search.searcher",
     "fidelity": "search.fidelity",
+    "fidelity_macs_ref": "search.fidelity_macs_ref",
     "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",
     "ratio_mean": "agent.ratio_mean",

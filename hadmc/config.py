@@ -141,6 +141,13 @@ class SearchSpace(_Strict):
         description="fraction of each plan's recovery steps run while searching (1.0: full fidelity); "
         "below 1 the front is re-evaluated at full fidelity when the search ends",
     )  # fmt: skip
+    fidelity_macs_ref: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="below full fidelity, a plan whose pruned student has fewer MACs than this share of the "
+        "original's runs proportionally more of its recovery steps while searching (fidelity * ref / share, "
+        "at most all): narrow students are cheap per step and read far too low after a short recovery; 0: "
+        "every plan runs `fidelity`",
+    )  # fmt: skip
     finalize_max: int = Field(12, ge=1, description="front plans re-evaluated at full fidelity on the test split")
     floor_slack_pt: float = Field(
         0.0, ge=0.0, le=100.0,
@@ -403,6 +410,8 @@ class RunConfig(_Strict):
             ctx["deployed_model"] = hashlib.sha256(Path(self.deployed_model).read_bytes()).hexdigest()
         if phase == "search":
             ctx["fidelity"] = self.search.fidelity
+            if self.search.fidelity < 1.0 and self.search.fidelity_macs_ref > 0.0:  # absent at 0, so older contexts stay as they were
+                ctx["fidelity_macs_ref"] = self.search.fidelity_macs_ref
             ctx["hard_latency_budget"] = self.constraints.latency_budget_ms if self.constraints.hard_latency_budget else None
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -60,3 +60,12 @@ def test_evaluation_context_changes_with_the_device_but_not_the_reward_weights()
     base = RunConfig()
     assert base.evaluation_context() == RunConfig.parse({"objectives": {"size": 2.0}}).evaluation_context()
     assert base.evaluation_context() != RunConfig.parse({"device": "jetson-orin"}).evaluation_context()
+
+
+def test_search_context_records_the_narrow_student_rule_only_where_it_applies():
+    base = RunConfig()
+    plain = RunConfig.parse({"search": {"fidelity_macs_ref": 0.0}})
+    assert base.evaluation_context("search") != plain.evaluation_context("search")
+    assert base.evaluation_context("final") == plain.evaluation_context("final")  # final figures never depend on it
+    full = RunConfig.parse({"search": {"fidelity": 1.0}})
+    assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_macs_ref": 0.0}}).evaluation_context("search")

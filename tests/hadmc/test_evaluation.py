@@ -142,6 +142,29 @@ def test_search_fidelity_runs_a_fraction_of_the_recovery_and_a_hard_budget_skips
     assert tight.stats["recoveries"] == 0 and tight.stats["recoveries_skipped"] == 1
 
 
+def test_narrow_students_run_more_of_their_recovery_while_searching(trained_small, digits16):
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=0.5, student_cache=0)
+    # fidelity * ref / share, between the fidelity itself and the whole budget
+    assert ev.search_fraction(None) == 0.5 and ev.search_fraction(1.0) == 0.5 and ev.search_fraction(0.5) == 0.5
+    assert ev.search_fraction(0.4) == pytest.approx(0.625) and ev.search_fraction(0.1) == 1.0
+    wide, narrow = CompressionPlan.uniform(0.0, "fp32", budget=2), CompressionPlan.uniform(0.9, "fp32", budget=2)
+    w, n = ev.evaluate(wide, phase="search"), ev.evaluate(narrow, phase="search")
+    assert w.ok and n.ok, (w.error, n.error)
+    share = n.macs / w.macs
+    assert share < 0.25  # so the rule gives the narrow plan its whole budget
+    assert (w.recovery_steps, w.full_recovery_steps) == (3, 6)
+    assert (n.recovery_steps, n.full_recovery_steps, n.fidelity) == (6, 6, 1.0)
+    from hadmc.pipeline import resolve_plan
+
+    assert ev.macs_share(resolve_plan(narrow, ev.groups))[0] == pytest.approx(share, rel=1e-6)  # remembered per decisions
+    # final evaluations always run the whole budget; without the rule every plan runs the fraction
+    assert ev.evaluate(wide, phase="final").recovery_steps == 6
+    plain = _small_evaluator(trained_small, digits16, search_fidelity=0.5, student_cache=0)
+    assert plain.evaluate(narrow, phase="search").recovery_steps == 3
+    with pytest.raises(Exception, match="search_fidelity_macs_ref"):
+        _small_evaluator(trained_small, digits16, search_fidelity_macs_ref=2.0)
+
+
 def test_int8_recipe_follows_the_cpu_isa_and_is_recorded(evaluator):
     from hadmc.pipeline import quantization_recipe
 
