@@ -448,7 +448,7 @@ def _facts(res: RunResults) -> list[tuple[str, str]]:
         ("target", f"{res.original.device} &middot; {_esc(res.target)}, {lat.get('threads', 1)} thread(s), batch {lat.get('batch_size', 1)}"),
         ("searcher", _esc(res.searcher) + (f" ({_esc(m['agent_mode'])})" if m.get("agent_mode") else "")),
         ("budget", f"{res.budget} distinct plans; {res.evaluated} evaluated while searching, {len({e.plan_key for e in res.final if e.ok})} at full fidelity on the test split"),
-        ("search fidelity", f"{res.fidelity:g} of each plan's recovery, validation split" if res.fidelity is not None else "-"),
+        ("search fidelity", f"{res.fidelity_text}, validation split" if res.fidelity is not None else "-"),
         ("wall time", _duration(m.get("wall_s"))),
         ("predicted episodes", f"{pred} (the agent's training on its predictor; never figures)" if pred is not None else "none"),
         ("original (test split)", f"{_fmt(100 * res.original.accuracy if res.original.accuracy is not None else None, '.2f', res.original.provenance.get('accuracy'))}% top-1, "
@@ -514,7 +514,7 @@ def render_report(res: RunResults, charts: Sequence[Chart] | None = None) -> str
     fid = res.fidelity
     note = (
         '<p class="note" id="phases"><b>Two kinds of figures.</b> The search reads accuracy on the <b>validation split</b> '
-        f"at a lower fidelity ({fid:g} of each plan's recovery" if fid is not None else '<p class="note" id="phases"><b>Two kinds of figures.</b> The search reads accuracy on the <b>validation split</b> (lower fidelity'
+        f"at a lower fidelity ({res.fidelity_text}" if fid is not None else '<p class="note" id="phases"><b>Two kinds of figures.</b> The search reads accuracy on the <b>validation split</b> (lower fidelity'
     ) + (
         "): the grey points and the hypervolume curve. The front, its table, the original and the best plans below are "
         "read on the <b>test split at full fidelity</b> (each plan recovered with its whole budget, its artifact saved "

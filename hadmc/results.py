@@ -86,6 +86,16 @@ class RunResults:
         return self.config.get("search", {}).get("fidelity")
 
     @property
+    def fidelity_text(self) -> str | None:
+        """How much of each plan's recovery the search ran, in words (None: not recorded)."""
+        fid = self.fidelity
+        if fid is None:
+            return None
+        ref = self.config.get("search", {}).get("fidelity_macs_ref") or 0.0  # absent: a run from before the rule
+        more = f", more for students under {ref:g} of the original's MACs" if fid < 1.0 and ref > 0.0 else ""
+        return f"{fid:g} of each plan's recovery{more}"
+
+    @property
     def evaluated(self) -> int:
         """Distinct plans evaluated while searching (the searcher's budget counts these)."""
         return len({e.plan_key for e in self.search})

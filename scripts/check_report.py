@@ -80,11 +80,11 @@ def open_browser(chrome: str, driver_path: str, profile: str, width: int):
 
 
 def check(html: Path, screenshot: Path, width: int, timeout_s: float) -> dict:
-    from selenium.webdriver.support.ui import WebDriverWait
-
     chrome, driver_path = find_browser()
     with tempfile.TemporaryDirectory(prefix="hadmc-chromium-") as profile:
-        driver = open_browser(chrome, driver_path, profile, width)
+        driver = open_browser(chrome, driver_path, profile, width)  # says what to install when Selenium is missing
+        from selenium.webdriver.support.ui import WebDriverWait
+
         try:
             t0 = time.perf_counter()
             driver.get(html.resolve().as_uri())

@@ -219,3 +219,18 @@ def test_speedup_is_the_interleaved_ratio_where_a_plan_has_one_as_hadmc_compress
     assert speedup(original, timed) == pytest.approx(15.7)  # the medians alone would say 14.3x
     assert speedup(original, timed.model_copy(update={"latency_ratio": None})) == pytest.approx(6.6 / 0.461)
     assert speedup(original, timed, latency=lambda e: e.latency_ms) == pytest.approx(6.6 / 0.461)  # asked for medians
+
+
+def test_search_fidelity_says_when_narrow_students_ran_more_of_their_recovery(known):
+    import dataclasses
+
+    res = load_results(known.run_dir)
+    search = dict(res.config.get("search", {}))
+    plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
+    assert plain.fidelity_text == "0.25 of each plan's recovery"
+    ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
+    assert ruled.fidelity_text == "0.2 of each plan's recovery, more for students under 0.5 of the original's MACs"
+    note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
+    assert "more for students under 0.5 of the original's MACs" in note
+    full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
+    assert full.fidelity_text == "1 of each plan's recovery"
