@@ -210,7 +210,9 @@ def compress(
     from .run import CompressionRun
 
     if config is None and resume and out is not None and (out / "config.yaml").is_file():
-        config = out / "config.yaml"
+        from .config import RunConfig
+
+        config = RunConfig.load_stored(out / "config.yaml")
     cfg = build_config(
         config, target=target, out=out, model=model, weights=weights, data=data, image_size=image_size, device=device,
         latency_budget_ms=latency_budget_ms, hard_latency_budget=hard_latency_budget, min_accuracy=min_accuracy,

@@ -373,6 +373,16 @@ class RunConfig(_Strict):
         except ConfigError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
 
+    @classmethod
+    def load_stored(cls, path: str | Path) -> RunConfig:
+        """A run's own ``config.yaml`` (the resolved configuration it was started with), settings
+        it predates filled in with what it ran with (`with_legacy_settings`)."""
+        data = load_mapping(path, "config file", ConfigError)
+        try:
+            return cls.parse(with_legacy_settings(data))
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+
     def dump_yaml(self) -> str:
         import yaml
 
@@ -414,6 +424,22 @@ class RunConfig(_Strict):
                 ctx["fidelity_macs_ref"] = self.search.fidelity_macs_ref
             ctx["hard_latency_budget"] = self.constraints.latency_budget_ms if self.constraints.hard_latency_budget else None
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Settings that came with a change of behaviour, and the value a run started before them ran
+#: with (a new setting's default is otherwise what an older run ran with).
+LEGACY_SETTINGS: dict[tuple[str, str], Any] = {("search", "fidelity_macs_ref"): 0.0}
+
+
+def with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored (fully resolved) configuration with every `LEGACY_SETTINGS` entry it lacks
+    set to what it ran with; user YAML files are not stored configurations and keep the defaults."""
+    out = dict(stored)
+    for (section, key), value in LEGACY_SETTINGS.items():
+        part = out.get(section)
+        if isinstance(part, dict) and key not in part:
+            out[section] = {**part, key: value}
+    return out
 
 
 LatencySettings.model_rebuild()

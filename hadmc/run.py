@@ -99,10 +99,15 @@ def config_differences(config: RunConfig, stored: dict[str, Any]) -> list[str]:
     """Top-level settings of `config` that differ from a run's `stored` config and would change
     its figures: everything but the name, the run directory, the execution settings and the
     search's budget and finalize_max. Settings added since the run started take their
-    defaults, which is what it ran with. An empty `stored` (no config kept) differs in nothing."""
+    defaults, which is what it ran with, except those that came with a change of behaviour
+    (`hadmc.config.LEGACY_SETTINGS`): they take the value the run ran with. An empty `stored`
+    (no config kept) differs in nothing."""
+    from .config import with_legacy_settings
+
     if not stored:
         return []
     now = config.model_dump(mode="json")
+    stored = with_legacy_settings(stored)
     try:
         stored = RunConfig.parse(stored).model_dump(mode="json")
     except ConfigError:  # a setting since removed or renamed: compare as stored (and differ)

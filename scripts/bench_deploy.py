@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from hadmc.api import build_config
+    from hadmc.config import RunConfig
     from hadmc.handmade import evaluate_handmade, uniform_plans
     from hadmc.plan import CompressionPlan
     from hadmc.results import FLOORS_PT, fastest_within, load_results
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     config_path = args.out / "config.yaml"
-    base = config_path if config_path.is_file() else args.config  # resume with the run's own settings
+    base = RunConfig.load_stored(config_path) if config_path.is_file() else args.config  # resume with the run's own settings
     cfg = build_config(base, out=args.out, searcher="ppo", budget=args.budget, seed=None if config_path.is_file() else args.seed,
                        floor_slack=None if config_path.is_file() else args.floor_slack)
     run = CompressionRun(cfg, resume=None, on_event=lambda kind, info: say(f"{info['phase']} {info['done']}: evaluating") if kind == "plan" else None)

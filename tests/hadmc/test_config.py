@@ -69,3 +69,16 @@ def test_search_context_records_the_narrow_student_rule_only_where_it_applies():
     assert base.evaluation_context("final") == plain.evaluation_context("final")  # final figures never depend on it
     full = RunConfig.parse({"search": {"fidelity": 1.0}})
     assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_macs_ref": 0.0}}).evaluation_context("search")
+
+
+def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_path):
+    from hadmc.run import config_differences
+
+    old = RunConfig().model_dump(mode="json")
+    del old["search"]["fidelity_macs_ref"]  # a run's stored configuration from before the setting
+    assert config_differences(RunConfig(), old) == ["search"]  # it ran every plan at the fidelity
+    assert config_differences(RunConfig.parse({"search": {"fidelity_macs_ref": 0.0}}), old) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    assert RunConfig.load_stored(path).search.fidelity_macs_ref == 0.0
+    assert RunConfig.load(path).search.fidelity_macs_ref == 0.5  # a user's file keeps the default
