@@ -358,7 +358,7 @@ class PlanEvaluator:
         student is returned when it had to be built (the caller recovers it)."""
         from .pipeline import count_macs_params
 
-        key = tuple(sorted((n, d.prune_ratio) for n, d in plan.groups.items()))
+        key = _pruning_key(plan)
         if key not in self._macs_share:
             example = self.data.example_input()
             if self._original_macs is None:
@@ -475,7 +475,7 @@ class PlanEvaluator:
         recal = self.bn_recalibration == "always" or (self.bn_recalibration in ("search", "select") and phase == "search")
         recal = recal and self._changed(plan, steps)
         key = (
-            tuple(sorted((n, d.prune_ratio) for n, d in plan.groups.items())),
+            _pruning_key(plan),
             plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, recal, self.seed,
         )  # fmt: skip
         if key in self._students:
@@ -654,6 +654,11 @@ class PlanEvaluator:
 
 class _Skipped(Exception):
     """Internal: the evaluation ends early with what it has (a hard constraint missed)."""
+
+
+def _pruning_key(plan) -> tuple:
+    """What a resolved plan's pruned student depends on: its per-group prune ratios."""
+    return tuple(sorted((n, d.prune_ratio) for n, d in plan.groups.items()))
 
 
 def build_evaluator(

@@ -161,7 +161,9 @@ def test_narrow_students_run_more_of_their_recovery_while_searching(trained_smal
     assert ev.evaluate(wide, phase="final").recovery_steps == 6
     plain = _small_evaluator(trained_small, digits16, search_fidelity=0.5, student_cache=0)
     assert plain.evaluate(narrow, phase="search").recovery_steps == 3
-    with pytest.raises(Exception, match="search_fidelity_macs_ref"):
+    from hadmc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="search_fidelity_macs_ref"):
         _small_evaluator(trained_small, digits16, search_fidelity_macs_ref=2.0)
 
 
