@@ -340,7 +340,7 @@ class PlanEvaluator:
 
         ``search_fidelity``, raised for narrow students to ``search_fidelity * ref / macs_share``
         (at most 1). A narrow student's steps are cheap (not in proportion to its MACs: about
-        0.4 s per step at 7% of the original's MACs against 1.1-1.6 s at 40-50% on 2 cores),
+        0.4 s per step at 7% of the original's MACs against 1.1-1.6 s at 40-50%, one thread),
         and heavily pruned students are exactly the ones a short recovery reads far too low:
         on the embedded default at fidelity 0.2, uniform 70% int8 read 87% while searching and
         97% in full, which steered searches away from the fastest plans that meet the floor.
