@@ -341,6 +341,10 @@ class DynaPPO(Searcher):
         self.sources = dict(state.get("sources", {}))
         if state.get("policy_checkpoint") is not None:
             write_atomic(self.checkpoint, state["policy_checkpoint"])
+        elif "policy_checkpoint" in state:
+            # saved before the first training round: a policy file on disk is from a round trained
+            # after this state (the run stopped before its next tell), on history the state lacks
+            self.checkpoint.unlink(missing_ok=True)
         if self.checkpoint.is_file():
             self.trainer.load(self.checkpoint)
 

@@ -221,3 +221,29 @@ def test_the_agent_starts_its_distillation_at_the_usual_recipe_not_at_the_clip()
     assert 2.5 < sum(temperatures) / len(temperatures) < 5.5 and sum(t == 1.0 for t in temperatures) < 16
     assert 0.5 < sum(p.distill.alpha for p in plans) / len(plans) < 0.85
     run.close()
+
+
+def test_a_ppo_checkpoint_resumes_the_agent_of_its_own_history_not_a_later_round_on_disk(tmp_path):
+    from hadmc.search.ppo import PPOSearcher
+
+    run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
+    searcher = run.make_searcher()
+    first = searcher.ask(4)  # the initial plans: no training round yet
+    searcher.tell(first, run.evaluate(first), [0.0] * 4)
+    before = searcher.state_dict()  # what state.pt holds when a kill comes now
+    second = searcher.ask(1)  # trains a round and writes ppo_policy.pt; the run dies before the tell
+    trained = searcher.summary()["agent_steps"]
+    assert trained > 0 and searcher.impl.checkpoint.is_file()
+
+    searcher.tell(second, run.evaluate(second), [0.0])
+    later = searcher.state_dict()  # saved after that round's tell
+
+    again = PPOSearcher(searcher.context)
+    again.load_state_dict({"mode": "dyna", **before})
+    assert again.summary()["agent_steps"] == 0 and not again.impl.checkpoint.is_file()
+    after = PPOSearcher(searcher.context)
+    after.load_state_dict({"mode": "dyna", **later})  # a state saved after the round resumes its agent
+    assert after.summary()["agent_steps"] == trained
+    for s in (searcher, again, after):
+        s.close()
+    run.close()
