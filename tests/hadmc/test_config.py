@@ -82,3 +82,19 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.fidelity_macs_ref == 0.0
     assert RunConfig.load(path).search.fidelity_macs_ref == 0.5  # a user's file keeps the default
+
+
+def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_without_it(tmp_path):
+    from hadmc.run import config_differences
+
+    base, always = RunConfig(), RunConfig.parse({"search": {"bn_select": False}})
+    assert base.evaluation_context("search") != always.evaluation_context("search")
+    assert base.evaluation_context("final") == always.evaluation_context("final")
+    never = {"pipeline": {"bn_recalibration": "never"}}  # nothing to choose: no mark
+    assert RunConfig.parse(never).evaluation_context("search") == RunConfig.parse({**never, "search": {"bn_select": False}}).evaluation_context("search")
+    old = RunConfig().model_dump(mode="json")
+    del old["search"]["bn_select"]  # stored before the setting: its search always re-estimated
+    assert config_differences(RunConfig(), old) == ["search"] and config_differences(always, old) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    assert RunConfig.load_stored(path).search.bn_select is False

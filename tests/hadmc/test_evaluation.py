@@ -131,15 +131,34 @@ def test_search_fidelity_runs_a_fraction_of_the_recovery_and_a_hard_budget_skips
     search, final = ev.evaluate(plan, phase="search"), ev.evaluate(plan, phase="final")
     assert (search.recovery_steps, search.full_recovery_steps, search.fidelity) == (3, 6, 0.5)
     assert (final.recovery_steps, final.fidelity) == (6, 1.0)
-    # search evaluations always re-estimate BatchNorm statistics; final ones keep them only
-    # where the validation accuracy says so, and record the comparison
-    assert search.bn_recalibrated is True and final.bn_recalibrated in (True, False)
+    # both phases keep re-estimated BatchNorm statistics only where the validation accuracy says
+    # so (search on the PyTorch student, final on the artifacts), and record the comparison
+    assert search.bn_recalibrated in (True, False) and final.bn_recalibrated in (True, False)
+    assert any(n.startswith("BatchNorm statistics") and "validation accuracy of the PyTorch student" in n for n in search.notes)
     assert any(n.startswith("BatchNorm statistics") and "validation accuracy" in n for n in final.notes)
     tight = _small_evaluator(trained_small, digits16, latency_budget_ms=1e-6)
     skipped = tight.evaluate(plan, phase="search")
     assert skipped.ok and not skipped.complete and "hard budget" in skipped.skipped
     assert skipped.accuracy is None and skipped.latency_ms > 0 and skipped.provenance["latency_ms"] == "measured"
     assert tight.stats["recoveries"] == 0 and tight.stats["recoveries_skipped"] == 1
+
+
+def test_search_evaluations_keep_re_estimated_batchnorm_statistics_only_where_validation_accuracy_rises(trained_small, digits16):
+    import re
+
+    plan = CompressionPlan.uniform(0.3, "fp32", budget=2)
+    kw = {"search_fidelity": 0.5, "student_cache": 0}
+    chosen = _small_evaluator(trained_small, digits16, **kw).evaluate(plan, phase="search")
+    always = _small_evaluator(trained_small, digits16, search_bn_select=False, **kw).evaluate(plan, phase="search")
+    never = _small_evaluator(trained_small, digits16, bn_recalibration="never", **kw).evaluate(plan, phase="search")
+    assert always.bn_recalibrated is True and never.bn_recalibrated is False  # as runs before the choice did
+    (note,) = [n for n in chosen.notes if n.startswith("BatchNorm statistics")]
+    with_, without = (float(v) for v in re.findall(r"([0-9.]+)% with(?:out)?", note))
+    assert chosen.bn_recalibrated is (with_ > without)  # a tie keeps the statistics recovery left
+    # the read is the artifact of the chosen student: the same figure the other choice gives
+    assert chosen.accuracy == (always.accuracy if chosen.bn_recalibrated else never.accuracy)
+    assert chosen.recovery_steps == always.recovery_steps == never.recovery_steps
+    assert "recalibration_select_s" in chosen.timings and "recalibration_select_s" not in always.timings
 
 
 def test_narrow_students_run_more_of_their_recovery_while_searching(trained_small, digits16):
