@@ -55,6 +55,7 @@ class Evaluation(BaseModel):
     phase: Phase = "final"
     split: Literal["train", "val", "test"] | None = Field(None, description="split the accuracy was read on")
     accuracy: float | None = Field(None, description="top-1 in [0, 1] of the exported artifact on `split`")
+    accuracy_samples: int | None = Field(None, description="images the accuracy was read on (its binomial noise: a search's model weighs it)")
     latency_ms: float | None = Field(None, description="median latency per inference")
     latency_p90_ms: float | None = None
     latency_cov: float | None = None
@@ -304,6 +305,7 @@ class PlanEvaluator:
         val = self._accuracy(compressed.onnx_bytes, PHASE_SPLIT["search"])
         search = final.model_copy(
             update={"phase": "search", "split": PHASE_SPLIT["search"], "accuracy": val,
+                    "accuracy_samples": self.accuracy_samples(PHASE_SPLIT["search"]),
                     "timings": {**final.timings, "accuracy_s": time.perf_counter() - t}}
         )  # fmt: skip
         self._baselines = {"final": final, "search": search}
@@ -415,6 +417,12 @@ class PlanEvaluator:
         """Top-1 of an artifact on `split`, run where latency is measured (for benchmarks that
         compare fidelities on one split; reported figures use their phase's split)."""
         return self._accuracy(onnx_bytes, split)
+
+    def accuracy_samples(self, split: str) -> int:
+        """Images an accuracy on `split` is read on (``max_eval_batches`` may cap them)."""
+        n = len(self.data.split(split))
+        cap = self.pipeline.get("max_eval_batches")
+        return min(n, cap * self.pipeline.get("batch_size", 64)) if cap else n
 
     def _accuracy(self, onnx_bytes: bytes, split: str) -> float:
         from .pipeline import artifact_accuracy
@@ -634,6 +642,7 @@ class PlanEvaluator:
                 self._latency_fields(m),
                 split=split,
                 accuracy=accuracy,
+                accuracy_samples=self.accuracy_samples(split),
                 energy_mj=energy.mj_per_inference if energy else None,
                 model_bytes=len(art.onnx_bytes),
                 macs=art.macs,

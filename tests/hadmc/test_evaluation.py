@@ -64,6 +64,10 @@ def test_search_phase_reads_validation_accuracy_and_final_phase_the_test_split(e
     search, final = evaluator.evaluate(plan, phase="search"), evaluator.evaluate(plan, phase="final")
     assert (search.phase, search.split, final.phase, final.split) == ("search", "val", "final", "test")
     assert evaluator.baseline_for("search").split == "val" and evaluator.baseline.split == "test"
+    # with the number of images each was read on
+    sizes = {s: len(evaluator.data.split(s)) for s in ("val", "test")}
+    assert (search.accuracy_samples, final.accuracy_samples) == (sizes["val"], sizes["test"])
+    assert (evaluator.baseline_for("search").accuracy_samples, evaluator.baseline.accuracy_samples) == (sizes["val"], sizes["test"])
 
 
 def test_failing_plan_returns_an_error_instead_of_raising(evaluator):

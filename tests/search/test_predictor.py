@@ -97,3 +97,22 @@ def test_a_group_the_original_profile_gives_no_time_does_not_swamp_the_latency_m
     lo, hi = pred._lat_range
     far = pred.predict([CompressionPlan.uniform(0.95, "int8"), CompressionPlan.uniform(0.0, "fp32")]).latency_ms
     assert np.all(far >= lo / EXTRAPOLATION) and np.all(far <= hi * EXTRAPOLATION)
+
+
+def test_an_accuracy_read_on_few_images_stays_as_uncertain_as_its_binomial_count():
+    """An accuracy on n images is k/n. Read on 180 images (the embedded default's validation
+    split), a plan the model was fitted on is still uncertain by most of a point, and a noisy
+    neighbour is not matched exactly; read on 100,000, it is matched."""
+    plans = [CompressionPlan.uniform(r, budget=3) for r in np.linspace(0.0, 0.7, 8)]
+    truth = np.array([_truth(p).accuracy for p in plans])
+
+    def fitted(samples: int, observed: np.ndarray):
+        evs = [_truth(p).model_copy(update={"accuracy": float(a), "accuracy_samples": samples}) for p, a in zip(plans, observed)]
+        base = BASE.model_copy(update={"accuracy_samples": samples})
+        return PlanPredictor(GROUPS, base).fit(plans, evs).predict(plans)
+
+    few, many = fitted(180, truth), fitted(100_000, truth)
+    assert np.min(few.accuracy_std) > 0.004  # about the binomial error of 177/180: 0.0095
+    assert np.max(many.accuracy_std) < 0.002 and np.max(np.abs(many.accuracy - truth)) < 0.003
+    noisy = truth + np.where(np.arange(8) % 2 == 0, 1, -1) / 180  # one image up, one down, ...
+    assert np.mean(np.abs(fitted(180, noisy).accuracy - noisy)) > 0.5 / 180
