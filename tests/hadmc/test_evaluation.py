@@ -159,6 +159,8 @@ def test_search_evaluations_keep_re_estimated_batchnorm_statistics_only_where_va
     (note,) = [n for n in chosen.notes if n.startswith("BatchNorm statistics")]
     with_, without = (float(v) for v in re.findall(r"([0-9.]+)% with(?:out)?", note))
     assert chosen.bn_recalibrated is (with_ > without)  # a tie keeps the statistics recovery left
+    # chosen on the first validation batch (the accuracy recorded is read on the whole split)
+    assert f"on the first {min(64, len(digits16.val))} validation images" in note
     # the read is the artifact of the chosen student: the same figure the other choice gives
     assert chosen.accuracy == (always.accuracy if chosen.bn_recalibrated else never.accuracy)
     assert chosen.recovery_steps == always.recovery_steps == never.recovery_steps
