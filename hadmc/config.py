@@ -38,15 +38,19 @@ class LatencySettings(_Strict):
     batch_size: int = Field(1, ge=1)
     address: str | None = Field(None, description="remote://host:port of a `hadmc probe serve` (remote probe only)")
     token: str | None = Field(None, description="bearer token of the remote probe")
+    search_warmup_s: float | None = Field(
+        0.05, ge=0.0, description="minimum warm-up wall time while searching (None or more: warmup_s; warmup_runs still apply); "
+        "final figures always use warmup_s",
+    )  # fmt: skip
     search_min_seconds: float | None = Field(
-        0.25, ge=0.0, description="timed wall time at least while searching (None or more: min_seconds); final figures always use min_seconds"
+        0.1, ge=0.0, description="timed wall time at least while searching (None or more: min_seconds); final figures always use min_seconds"
     )
     search_min_iterations: int | None = Field(
-        20, ge=1, description="timed inferences at least while searching (None or more: min_iterations); final figures always use min_iterations"
+        10, ge=1, description="timed inferences at least while searching (None or more: min_iterations); final figures always use min_iterations"
     )
     relative: RelativeSettings = Field(default_factory=lambda: RelativeSettings())
     search_relative: RelativeSettings = Field(
-        default_factory=lambda: RelativeSettings(min_pairs=4, max_spread=0.05, max_rounds=2),
+        default_factory=lambda: RelativeSettings(block_s=0.03, min_pairs=4, max_spread=0.05, max_rounds=1),
         description="how search plans are timed against the original, each setting never finer than `relative`'s: a "
         "coarser ratio (about 5%) is enough to rank plans, and the front is re-timed with `relative` when the search ends",
     )
@@ -142,7 +146,7 @@ class SearchSpace(_Strict):
         "below 1 the front is re-evaluated at full fidelity when the search ends",
     )  # fmt: skip
     fidelity_macs_ref: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.3, ge=0.0, le=1.0,
         description="below full fidelity, a plan whose pruned student has fewer MACs than this share of the "
         "original's runs proportionally more of its recovery steps while searching (fidelity * ref / share, "
         "at most all): narrow students are cheap per step and read far too low after a short recovery; 0: "
@@ -226,7 +230,7 @@ class PipelineSettings(_Strict):
     learning_rate: float = Field(0.01, gt=0.0, description="peak learning rate of recovery fine-tuning (one-cycle SGD, as `apply_plan`)")
     calibration_batches: int = Field(8, ge=1, description="batches of the training split for INT8 calibration")
     search_calibration_batches: int | None = Field(
-        2, ge=1, description="INT8 calibration batches while searching (None or more: calibration_batches); final figures always use calibration_batches"
+        1, ge=1, description="INT8 calibration batches while searching (None or more: calibration_batches); final figures always use calibration_batches"
     )
     max_train_batches: int | None = Field(None, ge=1, description="cap on batches per recovery epoch (tests, quick runs)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
@@ -422,6 +426,8 @@ class RunConfig(_Strict):
             mode="json", include={"model", "weights", "data", "image_size", "device", "latency", "energy", "pipeline", "seed"}
         )
         ctx["latency"].pop("token", None)  # a secret, and it does not change a figure
+        if ctx["latency"].get("search_warmup_s") is None:  # absent before the setting: older contexts stay as they were
+            ctx["latency"].pop("search_warmup_s", None)
         ctx["phase"] = phase
         if self.deployed_model is not None:  # adds a figure (the patch size); absent, contexts stay as they were
             ctx["deployed_model"] = hashlib.sha256(Path(self.deployed_model).read_bytes()).hexdigest()
@@ -437,7 +443,9 @@ class RunConfig(_Strict):
 
 #: Settings that came with a change of behaviour, and the value a run started before them ran
 #: with (a new setting's default is otherwise what an older run ran with).
-LEGACY_SETTINGS: dict[tuple[str, str], Any] = {("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False}
+LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
+    ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
+}  # fmt: skip
 
 
 def with_legacy_settings(stored: dict[str, Any]) -> dict[str, Any]:

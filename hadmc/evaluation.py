@@ -780,6 +780,7 @@ def build_evaluator(
     # Search timing is never finer than the final timing: each setting is the coarser of the two.
     search_settings = {
         **settings,
+        "warmup_s": min(lat.warmup_s, lat.warmup_s if lat.search_warmup_s is None else lat.search_warmup_s),
         "min_seconds": min(lat.min_seconds, lat.min_seconds if lat.search_min_seconds is None else lat.search_min_seconds),
         "min_iterations": min(lat.min_iterations, lat.search_min_iterations or lat.min_iterations),
     }

@@ -81,7 +81,7 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.fidelity_macs_ref == 0.0
-    assert RunConfig.load(path).search.fidelity_macs_ref == 0.5  # a user's file keeps the default
+    assert RunConfig.load(path).search.fidelity_macs_ref == 0.3  # a user's file keeps the default
 
 
 def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_without_it(tmp_path):
@@ -98,3 +98,19 @@ def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_witho
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.bn_select is False
+
+
+def test_a_run_started_before_the_search_warm_up_setting_resumes_with_the_full_warm_up(tmp_path):
+    from hadmc.run import config_differences
+
+    old = RunConfig().model_dump(mode="json")
+    del old["latency"]["search_warmup_s"]  # stored before the setting: searches warmed up for warmup_s
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    stored = RunConfig.load_stored(path)
+    assert stored.latency.search_warmup_s is None and RunConfig().latency.search_warmup_s == 0.05
+    assert config_differences(RunConfig.parse({"latency": {"search_warmup_s": None}}), old) == []
+    # the contexts it recorded its evaluations under are the ones it computes now
+    before = RunConfig.parse({"latency": {"search_warmup_s": None}})
+    assert stored.evaluation_context("search") == before.evaluation_context("search")
+    assert RunConfig().evaluation_context("search") != before.evaluation_context("search")

@@ -268,7 +268,7 @@ def test_search_evaluations_time_and_calibrate_more_coarsely_never_more_finely_t
     model, _ = trained_small
     cfg = RunConfig(
         name="coarse", run_dir=str(tmp_path / "run"), energy={"probe": None},
-        latency={**FAST, "search_min_iterations": 50, "search_min_seconds": 0.05,
+        latency={**FAST, "search_min_iterations": 50, "search_min_seconds": 0.05, "search_warmup_s": 0.01,
                  "relative": {"min_pairs": 3, "max_rounds": 1, "max_spread": 0.1},
                  "search_relative": {"min_pairs": 4, "max_rounds": 2, "max_spread": 0.05, "block_s": 0.01}},
         pipeline={"calibration_batches": 3, "search_calibration_batches": 1},
@@ -283,5 +283,6 @@ def test_search_evaluations_time_and_calibrate_more_coarsely_never_more_finely_t
     assert final.probe["relative"] == cfg.latency.relative.model_dump()
     assert (search.probe["min_iterations"], search.probe["min_seconds"]) == (20, 0.05)
     assert (final.probe["min_iterations"], final.probe["min_seconds"]) == (20, 0.1)
+    assert (search.probe["warmup_s"], final.probe["warmup_s"], search.probe["warmup_runs"]) == (0.01, 0.05, 10)
     assert (search.probe["calibration_batches"], final.probe["calibration_batches"]) == (1, 3)
     assert search.latency_ratio is not None and final.latency_ratio is not None
