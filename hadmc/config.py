@@ -236,8 +236,9 @@ class PipelineSettings(_Strict):
     max_eval_batches: int | None = Field(None, ge=1, description="cap on accuracy batches (tests only; reported runs use the full split)")
     bn_recalibration: Literal["select", "search", "always", "never"] = Field(
         "select",
-        description="re-estimate BatchNorm statistics after pruning and recovery: select (always while searching; in "
-        "final evaluations only where it raises validation accuracy), search, always, or never",
+        description="re-estimate BatchNorm statistics after pruning and recovery: select (only where it raises validation "
+        "accuracy: final evaluations choose on the artifacts, search ones on the PyTorch student, or always re-estimate "
+        "with search.bn_select false), search (only while searching), always, or never",
     )
     teacher_cache: bool = Field(True, description="compute the teacher's training-split logits once per run (off for augmented data)")
     student_cache: int = Field(4, ge=0, description="recovered students kept for plans that differ only in precision or fusion")
