@@ -110,7 +110,7 @@ def test_a_run_started_before_the_search_warm_up_setting_resumes_with_the_full_w
     stored = RunConfig.load_stored(path)
     assert stored.latency.search_warmup_s is None and RunConfig().latency.search_warmup_s == 0.05
     assert config_differences(RunConfig.parse({"latency": {"search_warmup_s": None}}), old) == []
-    # the contexts it recorded its evaluations under are the ones it computes now
+    # resumed, it computes the contexts of an explicit null (the key left out of the hash, as before the setting)
     before = RunConfig.parse({"latency": {"search_warmup_s": None}})
     assert stored.evaluation_context("search") == before.evaluation_context("search")
     assert RunConfig().evaluation_context("search") != before.evaluation_context("search")
