@@ -247,3 +247,74 @@ def test_a_ppo_checkpoint_resumes_the_agent_of_its_own_history_not_a_later_round
     for s in (searcher, again, after):
         s.close()
     run.close()
+
+
+def test_dyna_ppo_sends_in_turn_the_largest_hypervolume_gain_and_the_largest_reward(tmp_path):
+    import numpy as np
+
+    from hadmc.search.predictor import Prediction
+
+    run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
+    searcher = run.make_searcher()
+    dyna = searcher.impl
+    first = searcher.ask(4)
+    searcher.tell(first, run.evaluate(first), [0.0] * 4)
+    dyna._refit()
+    base = dyna.context.baseline
+    acc0, lat0 = base.accuracy, base.latency_ms
+    # three candidates the model predicts exactly, all at a tenth of the original's size: 2 pt
+    # above the original's accuracy at half its latency (the largest hypervolume gain), 0.5 pt
+    # below it at a fiftieth (the largest reward: inside the -1pt floor and 50x faster), and a
+    # plan that gains neither
+    slow_accurate, fast, neither = (dyna.space.uniform(r, "fp32") for r in (0.25, 0.5, 0.75))
+    figures = {slow_accurate.key(): (acc0 + 0.02, 0.5 * lat0), fast.key(): (acc0 - 0.005, 0.02 * lat0), neither.key(): (acc0 - 0.3, 0.99 * lat0)}
+
+    def predict(plans):
+        acc, lat = zip(*(figures[p.key()] for p in plans))
+        n = len(plans)
+        return Prediction(np.array(acc), np.full(n, 1e-6), np.array(lat), np.full(n, 0.1 * base.model_bytes), None)
+
+    dyna.predictor.predict = predict
+    assert dyna.selections == 0
+    assert dyna.select([neither, fast, slow_accurate], 2) == [slow_accurate, fast]
+    assert dyna.select([neither, fast, slow_accurate], 1) == [slow_accurate]  # the third choice of the run: hypervolume's turn
+    assert dyna.select([neither, slow_accurate, fast], 1) == [fast]  # the fourth: the reward's
+    assert searcher.state_dict()["selections"] == 4
+    searcher.close()
+    run.close()
+
+
+def test_front_neighbours_include_every_group_moved_one_prune_level(tmp_path):
+    run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
+    searcher = run.make_searcher()
+    dyna, space = searcher.impl, searcher.impl.space
+    plan = space.uniform(0.5, "int8")
+    dyna.plans, dyna.evaluations = [plan], run.evaluate([plan])
+    moved = [space.encode(p) for p in dyna.neighbours(40)]
+    start = space.encode(plan)
+    prunable = [n for n in space.group_names if len(space.prune_options[n]) > 1]
+
+    def shift(values, name):
+        opts = space.prune_options[name]
+        return opts.index(values[f"{name}/prune"]) - opts.index(start[f"{name}/prune"])
+
+    uniform_moves = {shift(v, prunable[0]) for v in moved if len({shift(v, n) for n in prunable}) == 1 and shift(v, prunable[0]) != 0}
+    assert uniform_moves == {-1, 1}  # every prunable group one level down, or one level up
+    assert any(sum(shift(v, n) != 0 for n in prunable) in (1, 2) for v in moved)  # and the local moves
+    searcher.close()
+    run.close()
+
+
+def test_plans_one_validation_image_short_of_the_front_are_finalize_candidates_and_no_others():
+    from hadmc.evaluation import Evaluation
+    from hadmc.run import near_front
+
+    def ev(name, acc, lat, samples=100):
+        return Evaluation(plan_key=name, plan={}, phase="search", split="val", accuracy=acc, accuracy_samples=samples, latency_ms=lat, model_bytes=1000)
+
+    a, b = ev("a", 0.98, 1.0), ev("b", 0.97, 0.9)  # the front
+    near = ev("near", 0.97, 0.95)  # one image more would put it on the front (0.98 at 0.95 ms)
+    tie = ev("tie", 0.96, 0.95)  # one image more only ties b, which is faster
+    uncounted = ev("uncounted", 0.97, 0.95, samples=None)  # no image count: no allowance
+    chosen = near_front([a, b, near, tie, uncounted], ["accuracy", "latency_ms", "model_bytes"])
+    assert [e.plan_key for e in chosen] == ["a", "b", "near"]
