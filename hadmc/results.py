@@ -93,6 +93,8 @@ class RunResults:
             return None
         ref = self.config.get("search", {}).get("fidelity_macs_ref") or 0.0  # absent: a run from before the rule
         more = f", more for students under {ref:g} of the original's MACs" if fid < 1.0 and ref > 0.0 else ""
+        if fid < 1.0 and self.config.get("search", {}).get("fidelity_scope"):  # absent: a run from before the rule
+            more += ", more for plans that train part of the model"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

@@ -81,7 +81,7 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.fidelity_macs_ref == 0.0
-    assert RunConfig.load(path).search.fidelity_macs_ref == 0.3  # a user's file keeps the default
+    assert RunConfig.load(path).search.fidelity_macs_ref == 0.4  # a user's file keeps the default
 
 
 def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_without_it(tmp_path):
@@ -114,3 +114,21 @@ def test_a_run_started_before_the_search_warm_up_setting_resumes_with_the_full_w
     before = RunConfig.parse({"latency": {"search_warmup_s": None}})
     assert stored.evaluation_context("search") == before.evaluation_context("search")
     assert RunConfig().evaluation_context("search") != before.evaluation_context("search")
+
+
+def test_search_context_records_the_scope_rule_and_older_runs_resume_without_it(tmp_path):
+    from hadmc.run import config_differences
+
+    base, same = RunConfig(), RunConfig.parse({"search": {"fidelity_scope": False}})
+    assert base.search.fidelity_scope is True
+    assert base.evaluation_context("search") != same.evaluation_context("search")
+    assert base.evaluation_context("final") == same.evaluation_context("final")  # final figures never depend on it
+    full = {"search": {"fidelity": 1.0}}  # every plan runs its whole budget: no mark
+    assert RunConfig.parse(full).evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_scope": False}}).evaluation_context("search")
+    old = RunConfig().model_dump(mode="json")
+    del old["search"]["fidelity_scope"]  # stored before the setting: every scope ran the same fraction
+    assert config_differences(RunConfig(), old) == ["search"] and config_differences(same, old) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    assert RunConfig.load_stored(path).search.fidelity_scope is False
+    assert RunConfig.load_stored(path).evaluation_context("search") == same.evaluation_context("search")

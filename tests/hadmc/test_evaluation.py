@@ -192,6 +192,27 @@ def test_narrow_students_run_more_of_their_recovery_while_searching(trained_smal
         _small_evaluator(trained_small, digits16, search_fidelity_macs_ref=2.0)
 
 
+def test_plans_that_train_part_of_the_model_run_more_of_their_recovery_while_searching(trained_small, digits16):
+    from hadmc.evaluation import SCOPE_STEP_COST
+    from hadmc.pipeline import resolve_plan
+
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.2, search_fidelity_scope=True, student_cache=0)
+    # as many more steps as each is cheaper, at most the whole budget
+    assert ev.search_fraction(None) == 0.2 and ev.search_fraction(None, "full") == 0.2
+    assert ev.search_fraction(None, "half") == pytest.approx(0.2 / SCOPE_STEP_COST["half"])
+    assert ev.search_fraction(None, "head") == pytest.approx(0.2 / SCOPE_STEP_COST["head"])
+    assert _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_scope=True).search_fraction(None, "head") == 1.0
+    plan = CompressionPlan.uniform(0.5, "fp32", budget=3)  # 9 steps at 3 batches per epoch
+    half = plan.model_copy(update={"update": plan.update.model_copy(update={"scope": "half"})})
+    assert ev.recovery_plan(resolve_plan(plan, ev.groups), "search") == (2, 9)  # ceil(0.2 * 9)
+    assert ev.recovery_plan(resolve_plan(half, ev.groups), "search") == (4, 9)  # ceil(0.2 / 0.55 * 9)
+    e = ev.evaluate(half, phase="search")
+    assert e.ok and (e.recovery_steps, e.full_recovery_steps) == (4, 9), e.error
+    assert ev.evaluate(half, phase="final").recovery_steps == 9  # final evaluations run the whole budget
+    plain = _small_evaluator(trained_small, digits16, search_fidelity=0.2, student_cache=0)  # without the rule
+    assert plain.recovery_plan(resolve_plan(half, ev.groups), "search") == (2, 9)
+
+
 def test_int8_recipe_follows_the_cpu_isa_and_is_recorded(evaluator):
     from hadmc.pipeline import quantization_recipe
 
