@@ -221,15 +221,18 @@ def test_speedup_is_the_interleaved_ratio_where_a_plan_has_one_as_hadmc_compress
     assert speedup(original, timed, latency=lambda e: e.latency_ms) == pytest.approx(6.6 / 0.461)  # asked for medians
 
 
-def test_search_fidelity_says_when_narrow_students_ran_more_of_their_recovery(known):
+def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of_their_recovery(known):
     import dataclasses
 
     res = load_results(known.run_dir)
     search = dict(res.config.get("search", {}))
+    search.pop("fidelity_scope", None)  # a run from before the scope rule
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
     assert ruled.fidelity_text == "0.2 of each plan's recovery, more for students under 0.5 of the original's MACs"
+    scoped = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.4, "fidelity_scope": True}})
+    assert scoped.fidelity_text == "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, more for plans that train part of the model"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
