@@ -373,7 +373,7 @@ class PlanEvaluator:
         cheaper their steps are (`SCOPE_STEP_COST`); at most 1. A half-scope plan read 58% after a
         fifth of its recovery (its MAC share had raised it to 26 of 60 steps) and 97% in full;
         at full scope the same plan read 94% after 26 steps; 51 half-scope steps read 96%.
-         A narrow student's steps are cheap (not in proportion to its MACs: about
+        A narrow student's steps are cheap (not in proportion to its MACs: about
         0.4 s per step at 7% of the original's MACs against 1.1-1.6 s at 40-50%, one thread),
         and heavily pruned students are exactly the ones a short recovery reads far too low:
         on the embedded default at fidelity 0.2, uniform 70% int8 read 87% while searching and

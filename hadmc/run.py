@@ -792,4 +792,3 @@ def near_front(evaluations: list[Evaluation], objectives: list[str]) -> list[Eva
 
 
 __all__ = ["CompressionResult", "CompressionRun", "EventSink", "Outcome", "model_fingerprint", "near_front"]
-
