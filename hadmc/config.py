@@ -249,6 +249,18 @@ class PipelineSettings(_Strict):
     )
     teacher_cache: bool = Field(True, description="compute the teacher's training-split logits once per run (off for augmented data)")
     student_cache: int = Field(4, ge=0, description="recovered students kept for plans that differ only in precision or fusion")
+    train_device: str = Field(
+        "auto",
+        description="where recovery trains: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda or cuda:N; "
+        "pruning, export and every measurement stay where they are",
+    )
+
+    @field_validator("train_device")
+    @classmethod
+    def _train_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"{v!r} is not a training device; use auto, cpu, cuda or cuda:N")
+        return v
 
 
 class AgentSettings(_Strict):
@@ -435,6 +447,12 @@ class RunConfig(_Strict):
             mode="json", include={"model", "weights", "data", "image_size", "device", "latency", "energy", "pipeline", "seed"}
         )
         ctx["latency"].pop("token", None)  # a secret, and it does not change a figure
+        # The device recovery trains on, resolved (auto means another thing on another machine);
+        # absent for the CPU, as in contexts from before the setting.
+        ctx["pipeline"].pop("train_device", None)
+        trained_on = resolve_train_device(self.pipeline.train_device)
+        if trained_on != "cpu":
+            ctx["train_device"] = trained_on
         if ctx["latency"].get("search_warmup_s") is None:  # absent before the setting: older contexts stay as they were
             ctx["latency"].pop("search_warmup_s", None)
         ctx["phase"] = phase
@@ -454,6 +472,23 @@ class RunConfig(_Strict):
 
 #: Settings that came with a change of behaviour, and the value a run started before them ran
 #: with (a new setting's default is otherwise what an older run ran with).
+def resolve_train_device(spec: str) -> str:
+    """The torch device recovery trains on for ``pipeline.train_device``: ``auto`` is ``cuda``
+    when torch sees a CUDA GPU, else ``cpu``; a GPU asked for but not there is a `ConfigError`."""
+    if spec == "cpu":
+        return "cpu"
+    import torch
+
+    available = torch.cuda.is_available()
+    if spec == "auto":
+        return "cuda" if available else "cpu"
+    index = int(spec.partition(":")[2] or 0)
+    if not available or index >= torch.cuda.device_count():
+        seen = f"{torch.cuda.device_count()} CUDA GPU(s)" if available else "no CUDA GPU (torch.cuda.is_available() is False)"
+        raise ConfigError(f"pipeline.train_device is {spec!r} but torch sees {seen}: set it to auto or cpu")
+    return spec
+
+
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
     ("search", "fidelity_scope"): False,
@@ -484,4 +519,5 @@ __all__ = [
     "PipelineSettings",
     "RunConfig",
     "SearchSpace",
+    "resolve_train_device",
 ]

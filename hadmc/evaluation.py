@@ -170,7 +170,7 @@ class PlanEvaluator:
         wraps both probes)
     :param pipeline: keyword arguments of the pipeline stages (importance, round_to, recovery_lr,
         batch_size, calibration_batches, search_calibration_batches, max_train_batches,
-        max_eval_batches)
+        max_eval_batches, train_device: the torch device recovery trains on, ``cpu`` unless given)
     :param profile: attach measured per-group latency shares from the runtime's node profiler
     :param seed: seed of recovery fine-tuning
     :param search_fidelity: fraction of each plan's recovery steps run in search evaluations
@@ -563,6 +563,7 @@ class PlanEvaluator:
             lr=self.pipeline.get("recovery_lr", 0.01), batch_size=self.pipeline.get("batch_size", 64),
             max_train_batches=self.pipeline.get("max_train_batches"), max_steps=steps,
             logits=self._teacher_logits() if steps > 0 else None, bn_recalibration=recal, seed=self.seed,
+            device=self.pipeline.get("train_device", "cpu"),
         )  # fmt: skip
         timings["recover_s"] = time.perf_counter() - t
         if select:
@@ -638,6 +639,8 @@ class PlanEvaluator:
             art = self._export(student, resolved, phase)
             timings.update(art.timings)
             recalibrated = bool(recovery.get("bn_recalibrated"))
+            if recovery.get("device", "cpu") != "cpu" and recovery.get("steps"):
+                notes.append(f"recovery trained on {recovery['device']}")
             if "bn_select_val" in recovery:
                 v = recovery["bn_select_val"]
                 notes.append(
@@ -767,6 +770,7 @@ def build_evaluator(
     :param measurement_lock: see `PlanEvaluator` (parallel workers share one)
     """
     from . import hal
+    from .config import resolve_train_device
     from .data import load_data
     from .models import load_default_model, resolve_model
 
@@ -777,9 +781,14 @@ def build_evaluator(
         if config.model == "default" and (on_train is not None or on_epoch is not None):
             load_default_model(on_train=on_train, on_epoch=on_epoch)
         model = resolve_model(config.model, data, weights=config.weights)
-    device = hal.load_device_spec(config.device)
     lat = config.latency
     probe_name = lat.address or lat.probe
+    device_name = config.device
+    if device_name in ("local", "auto") and probe_name in hal.LATENCY_PROBES and hal.LATENCY_PROBES.get(probe_name).measures_on == "cpu":
+        # This machine as the probe sees it: on a machine with a GPU, ort-cpu still measures (and
+        # its energy is read on) the CPU, not the GPU that `local` would otherwise describe.
+        device_name = "local-cpu"
+    device = hal.load_device_spec(device_name)
     settings: dict[str, Any] = dict(
         device=device,
         warmup_runs=lat.warmup_runs,
@@ -834,6 +843,7 @@ def build_evaluator(
             search_calibration_batches=min(p.calibration_batches, p.search_calibration_batches or p.calibration_batches),
             max_train_batches=p.max_train_batches,
             max_eval_batches=p.max_eval_batches,
+            train_device=resolve_train_device(p.train_device),
         ),
         seed=config.seed,
         search_fidelity=config.search.fidelity,

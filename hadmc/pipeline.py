@@ -193,7 +193,8 @@ class TeacherLogits:
     def __call__(self, indices: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         missing = ~self.known[indices]
         if missing.any():
-            out = self.teacher.eval()(images[missing]).float()
+            on = next(self.teacher.parameters()).device  # the teacher stays where it is; images come to it
+            out = self.teacher.eval()(images[missing.to(images.device)].to(on)).float().cpu()
             if self.values is None:
                 self.values = torch.empty(len(self.known), out.shape[1])
             self.values[indices[missing]] = out
@@ -261,6 +262,7 @@ def recover(
     logits: TeacherLogits | None = None,
     bn_recalibration: bool = False,
     seed: int = 0,
+    device: str = "cpu",
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Knowledge-distilled fine-tuning: `(1-alpha)*CE + alpha*T^2*KL(teacher || student)` (Hinton et al.).
@@ -272,6 +274,9 @@ def recover(
     :param bn_recalibration: re-estimate BatchNorm statistics after training (or, without
         training, right away: training in train mode uses batch statistics, so estimating them
         before it would be wasted)
+    :param device: the torch device the student trains on (``config.resolve_train_device``); it
+        comes back to the CPU afterwards, and the teacher stays on the CPU (a logit cache takes
+        images to it; without one, a copy trains alongside)
     """
     from .training import train_classifier
 
@@ -289,24 +294,33 @@ def recover(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(data.seed)
     )
     per_epoch = len(loader) if not max_train_batches else min(len(loader), max_train_batches)
-    result = train_classifier(
-        student,
-        loader,
-        epochs=math.ceil(steps / per_epoch),
-        lr=lr,
-        teacher=teacher.eval() if logits is None else logits,
-        temperature=plan.distill.temperature,
-        alpha=plan.distill.alpha,
-        params=params,
-        max_steps=steps,
-        max_batches_per_epoch=max_train_batches,
-        seed=seed,
-        progress=progress,
-    )
+    on_gpu = torch.device(device).type != "cpu"
+    if on_gpu:
+        student.to(device)
+        if logits is None:
+            teacher = copy.deepcopy(teacher).to(device)
+    try:
+        result = train_classifier(
+            student,
+            loader,
+            epochs=math.ceil(steps / per_epoch),
+            lr=lr,
+            teacher=teacher.eval() if logits is None else logits,
+            temperature=plan.distill.temperature,
+            alpha=plan.distill.alpha,
+            params=params,
+            max_steps=steps,
+            max_batches_per_epoch=max_train_batches,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        if on_gpu:
+            student.to("cpu")
     if recal:
         recalibrate_batchnorm(student, recal)
     student.eval()
-    return {"epochs": plan.update.budget, "full_steps": full, "bn_recalibrated": bool(recal), **result}
+    return {"epochs": plan.update.budget, "full_steps": full, "bn_recalibrated": bool(recal), "device": str(device), **result}
 
 
 # -- 3. folding ---------------------------------------------------------------------------

@@ -132,3 +132,26 @@ def test_search_context_records_the_scope_rule_and_older_runs_resume_without_it(
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.fidelity_scope is False
     assert RunConfig.load_stored(path).evaluation_context("search") == same.evaluation_context("search")
+
+
+def test_training_device_is_checked_and_only_a_gpu_changes_the_context(monkeypatch):
+    import torch
+
+    from hadmc.config import resolve_train_device
+
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        RunConfig.parse({"pipeline": {"train_device": "gpu"}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_train_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU.*set it to auto or cpu"):
+        resolve_train_device("cuda")
+    cpu = RunConfig.parse({"pipeline": {"train_device": "cpu"}})
+    # auto on a machine without a GPU trains on the CPU: the same figures, the same context as before the setting
+    assert RunConfig().evaluation_context() == cpu.evaluation_context()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_train_device("auto") == "cuda" and resolve_train_device("cuda:0") == "cuda:0"
+    with pytest.raises(ConfigError, match="torch sees 1 CUDA GPU"):
+        resolve_train_device("cuda:1")
+    assert RunConfig().evaluation_context() != cpu.evaluation_context()
+    assert RunConfig().evaluation_context("search") != cpu.evaluation_context("search")

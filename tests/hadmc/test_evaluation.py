@@ -307,3 +307,22 @@ def test_search_evaluations_time_and_calibrate_more_coarsely_never_more_finely_t
     assert (search.probe["warmup_s"], final.probe["warmup_s"], search.probe["warmup_runs"]) == (0.01, 0.05, 10)
     assert (search.probe["calibration_batches"], final.probe["calibration_batches"]) == (1, 3)
     assert search.latency_ratio is not None and final.latency_ratio is not None
+
+
+def test_on_a_machine_with_a_gpu_a_cpu_target_is_described_and_its_energy_read_as_the_cpu(trained_small, digits16, tmp_path, monkeypatch):
+    from hadmc.config import RunConfig
+    from hadmc.evaluation import build_evaluator
+    from hadmc.hal import device as hal_device
+
+    # NVML reports a GPU here; `device: local` alone would describe (and read the energy of) it
+    monkeypatch.setattr(hal_device, "_nvml_gpu_spec", lambda index=0: hal.load_device_spec("h100"))
+    hal_device.detect_local.cache_clear()  # it remembers this machine
+    try:
+        assert hal.load_device_spec("local").kind == "gpu"
+        model, _ = trained_small
+        cfg = RunConfig(name="cpu-on-gpu-host", run_dir=str(tmp_path / "run"), latency=FAST, energy={"probe": "auto"})
+        evaluator = build_evaluator(cfg, model=model, data=digits16)
+    finally:
+        hal_device.detect_local.cache_clear()
+    assert evaluator.device.kind == "cpu" and evaluator.device.backend == "ort-cpu"
+    assert evaluator.energy_probe is None or evaluator.energy_probe.name != "nvml"

@@ -21,6 +21,7 @@ from hadmc.pipeline import (
     resolve_plan,
 )
 from hadmc.plan import CompressionPlan
+from hadmc.training import evaluate_accuracy
 
 
 def _run_onnx(onnx_bytes: bytes, x: torch.Tensor) -> np.ndarray:
@@ -224,3 +225,26 @@ def test_every_architecture_exports_at_32px_and_matches_pytorch(arch):
     model = _cifar_stem(arch)
     x = torch.randn(2, 3, 32, 32)
     np.testing.assert_allclose(_run_onnx(export_onnx(model, x), x), model(x).detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_recovery_on_a_gpu_trains_there_and_hands_back_a_cpu_model_as_good_as_cpu_training(trained_small, digits16):
+    from hadmc.pipeline import TeacherLogits, recover
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    model, _ = trained_small
+    plan = CompressionPlan.uniform(0.5, "fp32", budget=2)
+    pruned = apply_plan(model, plan.model_copy(update={"update": plan.update.model_copy(update={"budget": 0})}), digits16,
+                        measure_accuracy=False).model  # fmt: skip
+    accuracy = {}
+    for device in ("cpu", "cuda"):
+        student = copy.deepcopy(pruned)
+        logits = TeacherLogits(model, len(digits16.split("train")))
+        info = recover(student, model, plan, digits16, logits=logits, device=device)
+        assert info["device"] == device and info["steps"] == info["full_steps"] > 0
+        assert all(p.device.type == "cpu" for p in student.parameters()) and all(p.device.type == "cpu" for p in model.parameters())
+        assert logits.computed == len(digits16.split("train"))
+        accuracy[device] = evaluate_accuracy(student, digits16.loader("test"))
+    # CUDA kernels round differently, so the two students differ a little, not in quality
+    assert abs(accuracy["cuda"] - accuracy["cpu"]) <= 0.03, accuracy
