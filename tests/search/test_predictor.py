@@ -3,6 +3,8 @@ says how unsure it is about accuracy (synthetic plans whose true figures are kno
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from search_fixtures import chain
 
@@ -116,3 +118,26 @@ def test_an_accuracy_read_on_few_images_stays_as_uncertain_as_its_binomial_count
     assert np.max(many.accuracy_std) < 0.002 and np.max(np.abs(many.accuracy - truth)) < 0.003
     noisy = truth + np.where(np.arange(8) % 2 == 0, 1, -1) / 180  # one image up, one down, ...
     assert np.mean(np.abs(fitted(180, noisy).accuracy - noisy)) > 0.5 / 180
+
+
+def test_accuracy_lost_to_int8_in_the_first_and_last_groups_is_learned():
+    # Truth: int8 costs nothing, except in the first and the last group (stem and classifier:
+    # a sliver of the MACs, so a MAC-weighted INT8 share cannot tell these plans apart).
+    shares = [0.003, 0.25, 0.25, 0.25, 0.2469, 0.0001]  # as in a ResNet: the ends are a sliver of the MACs
+    groups = [dataclasses.replace(g, flops_share=s, latency_share=s) for g, s in zip(GROUPS, shares)]
+    first, last = groups[0].name, groups[-1].name
+    rng = np.random.default_rng(3)
+
+    def plan(r, p_first, p_last):
+        return CompressionPlan.parse({"default": {"prune_ratio": r, "precision": "int8"},
+                                      "groups": {first: {"precision": p_first}, last: {"precision": p_last}}, "update": {"budget": 3}})  # fmt: skip
+
+    def truth(p):
+        ends = sum(p.decision_for(n).precision == "int8" for n in (first, last))
+        ev = _truth(p)
+        return ev.model_copy(update={"accuracy": 0.985 - 0.02 * ends - 0.01 * p.default.prune_ratio, "accuracy_samples": 400})
+
+    train = [plan(float(rng.choice([0.3, 0.5, 0.7])), str(rng.choice(["fp32", "int8"])), str(rng.choice(["fp32", "int8"]))) for _ in range(24)]
+    pred = PlanPredictor(groups, BASE).fit(train, [truth(p) for p in train])
+    kept, quantized = pred.predict([plan(0.5, "fp32", "fp32"), plan(0.5, "int8", "int8")]).accuracy
+    assert kept - quantized > 0.03, (kept, quantized)  # the truth: 0.04
