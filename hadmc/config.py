@@ -470,8 +470,6 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(ctx, sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: Settings that came with a change of behaviour, and the value a run started before them ran
-#: with (a new setting's default is otherwise what an older run ran with).
 def resolve_train_device(spec: str) -> str:
     """The torch device recovery trains on for ``pipeline.train_device``: ``auto`` is ``cuda``
     when torch sees a CUDA GPU, else ``cpu``; a GPU asked for but not there is a `ConfigError`."""
@@ -489,6 +487,8 @@ def resolve_train_device(spec: str) -> str:
     return spec
 
 
+#: Settings that came with a change of behaviour, and the value a run started before them ran
+#: with (a new setting's default is otherwise what an older run ran with).
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
     ("search", "fidelity_scope"): False,

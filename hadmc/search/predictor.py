@@ -128,8 +128,8 @@ class PlanEncoding:
             a["int8"] @ w,
             # The first and last groups (stem and classifier) carry a sliver of the MACs, so the
             # INT8 share cannot see them, yet they are the most sensitive to INT8: over 14
-            # bench_search runs on the embedded default, plans pruned 60% or more with 3 recovery
-            # epochs read a median 98.33% (validation) with both ends fp32, 97.22% with both int8.
+            # bench_search runs on the embedded default, mostly-INT8 plans pruned 60% or more with 3
+            # recovery epochs read a median 98.33% (validation) with both ends fp32, 97.22% with both int8.
             a["int8"][:, 0],
             a["int8"][:, -1],
             a["budget"] / 3.0,
