@@ -120,6 +120,16 @@ class CompressionPlan(_Strict):
     def decision_for(self, group_name: str) -> GroupDecision:
         return self.groups.get(group_name, self.default)
 
+    def with_precision(self, group_names: Sequence[str], precision: Precision) -> CompressionPlan:
+        """A copy with the named groups in `precision`, their other decisions kept. A group the
+        plan does not name gets the default's decision spelled out, so apply this to a plan
+        resolved against the model (`hadmc.pipeline.resolve_plan`), where the default prune
+        ratio has already been dropped from groups that cannot be pruned."""
+        if precision not in PRECISIONS:
+            raise PlanError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        groups = {**self.groups, **{n: self.decision_for(n).model_copy(update={"precision": precision}) for n in group_names}}
+        return self.model_copy(update={"groups": groups})
+
     def resolve(self, group_names: Sequence[str]) -> CompressionPlan:
         """Spell out a decision for every group; unknown group names are an error."""
         unknown = sorted(set(self.groups) - set(group_names))

@@ -5,9 +5,10 @@ On the embedded default (ONNX Runtime on this CPU, 1 thread, batch 1):
 1. ``hadmc compress --searcher ppo`` at a fixed budget (the run in ``--out``; an existing run
    there is resumed: its search continues up to the budget and its front is finalized);
 2. the hand-made front a careful user would build, in the same run: uniform L1 pruning at 0,
-   50, 70, 85 and 90%, each at fp32 and int8, all with the same KD recovery (the run's most
-   thorough update, T=4, alpha=0.7), evaluated like the front (test split, full recovery,
-   artifact saved and measured);
+   50, 70, 85 and 90%, each at fp32 and int8, and from 50% up int8 with the stem and classifier
+   in fp32 (the usual post-training-quantization recipe), all with the same KD recovery (the
+   run's most thorough update, T=4, alpha=0.7), evaluated like the front (test split, full
+   recovery, artifact saved and measured);
 3. the latency of every artifact (the original fp32 model, every searched plan evaluated at
    full fidelity, every hand-made plan) measured again here, ``--rounds`` times, interleaved
    searched/hand-made and in alternating order per round, so load drift hits both sides

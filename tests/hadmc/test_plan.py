@@ -64,3 +64,16 @@ def test_a_default_and_the_same_decisions_spelled_out_resolve_to_one_key():
     by_default = CompressionPlan.parse({"default": {"prune_ratio": 0.3, "precision": "int8"}}).resolve(["a", "b"])
     spelled = CompressionPlan.parse({"groups": {n: {"prune_ratio": 0.3, "precision": "int8"} for n in "ab"}}).resolve(["a", "b"])
     assert by_default.key() == spelled.key()
+
+
+def test_with_precision_changes_only_the_named_groups_precision():
+    plan = CompressionPlan.uniform(0.7, "int8", fusion="conv_bn", budget=2)
+    ends = plan.with_precision(["a", "c"], "fp32")
+    resolved = ends.resolve(["a", "b", "c"])
+    assert [resolved.groups[n].precision for n in "abc"] == ["fp32", "int8", "fp32"]
+    assert {(d.prune_ratio, d.fusion) for d in resolved.groups.values()} == {(0.7, "conv_bn")}
+    assert ends.update == plan.update and ends.distill == plan.distill
+    assert plan.resolve(["a", "b", "c"]).groups["a"].precision == "int8"  # the original is unchanged
+    assert CompressionPlan.parse(ends.canonical_json()).key() == ends.key()
+    with pytest.raises(PlanError, match="unknown precision 'int4'"):
+        plan.with_precision(["a"], "int4")

@@ -172,6 +172,13 @@ def test_handmade_plans_of_a_run_are_marked_and_kept_apart_from_searched_ones(tm
         evaluate_handmade(run, plans)
     finally:
         run.close()
+    assert set(plans) == {f"uniform {r}% {p}" for r in (0, 50, 90) for p in ("fp32", "int8")} | {
+        "uniform 50% int8, ends fp32", "uniform 90% int8, ends fp32"
+    }
+    ends = plans["uniform 90% int8, ends fp32"]
+    names = [g.name for g in chain()]
+    assert [ends.decision_for(n).precision for n in names] == ["fp32"] + ["int8"] * (len(names) - 2) + ["fp32"]
+    assert [ends.decision_for(g.name).prune_ratio for g in chain()] == [0.9 if g.prunable else 0.0 for g in chain()]
     res = load_results(tmp_path / "run")
     assert res.groups == [g.name for g in chain()]  # recorded by the run, in network order
     assert sorted(res.handmade.values()) == sorted(plans)

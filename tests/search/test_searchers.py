@@ -305,6 +305,24 @@ def test_front_neighbours_include_every_group_moved_one_prune_level(tmp_path):
     run.close()
 
 
+def test_ppo_anchors_include_the_most_pruned_int8_plans_with_stem_and_classifier_in_fp32(tmp_path):
+    run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
+    searcher = run.make_searcher()
+    space = searcher.impl.space
+    anchors = searcher.impl.anchors()
+    assert anchors[:4] == [space.uniform(r, "int8") for r in (0.3, 0.5, 0.7, 0.9)]
+    first, last = space.group_names[0], space.group_names[-1]
+    assert (first, last) == ("conv0", "fc")  # network order
+    for plain, ends in zip(anchors[2:4], anchors[4:]):
+        assert [ends.decision_for(n).precision for n in space.group_names] == ["fp32"] + ["int8"] * (len(space.group_names) - 2) + ["fp32"]
+        assert [ends.decision_for(n).prune_ratio for n in space.group_names] == [plain.decision_for(n).prune_ratio for n in space.group_names]
+        assert space.decode(space.encode(ends)) == ends  # on the grid
+    first_asked = [searcher.ask(1)[0] for _ in range(6)]
+    assert first_asked == anchors  # the initial plans start with them, in order
+    searcher.close()
+    run.close()
+
+
 def test_plans_one_validation_image_short_of_the_front_are_finalize_candidates_and_no_others():
     from hadmc.evaluation import Evaluation
     from hadmc.run import near_front
