@@ -141,7 +141,7 @@ class SearchSpace(_Strict):
     searcher: str = Field("ppo", description="searcher by name: ppo, random, nsga2, sb3-ppo, greedy")
     budget: int = Field(64, ge=1, le=100_000, description="distinct plans evaluated for real (cache hits do not count)")
     fidelity: float = Field(
-        0.15, gt=0.0, le=1.0,
+        0.1, gt=0.0, le=1.0,
         description="fraction of each plan's recovery steps run while searching (1.0: full fidelity); "
         "below 1 the front is re-evaluated at full fidelity when the search ends",
     )  # fmt: skip
@@ -153,11 +153,12 @@ class SearchSpace(_Strict):
         "every plan runs `fidelity`",
     )  # fmt: skip
     fidelity_scope: bool = Field(
-        True,
+        False,
         description="below full fidelity, a plan that trains only part of the model (update scope half, last_stage "
         "or head) runs more of its recovery steps while searching, as many more as its steps are cheaper (1.8x, 2.5x, "
-        "3.3x, measured): on the embedded default a half-scope plan read 58% after 26 of its 60 steps and 97% "
-        "in full, where the same plan at full scope read 94% after 26; false: every scope runs the same fraction",
+        "3.3x, measured). It made up for stale BatchNorm statistics in the frozen layers (a half-scope plan read 58% "
+        "after 26 of its 60 steps and 97% in full), which pipeline.refresh_frozen_norms now re-estimates before "
+        "recovery; without it a bench_search fidelity check costs 14% less at a Spearman of 0.86 (0.91 with it)",
     )  # fmt: skip
     bn_select: bool = Field(
         True,
@@ -247,6 +248,13 @@ class PipelineSettings(_Strict):
         "accuracy: final evaluations choose on the artifacts, search ones on the PyTorch student, or always re-estimate "
         "with search.bn_select false), search (only while searching), always, or never",
     )
+    refresh_frozen_norms: bool = Field(
+        True,
+        description="when a pruned plan's update scope freezes part of the model, re-estimate BatchNorm statistics before "
+        "recovery (unless bn_recalibration is never): the frozen part's BatchNorm layers otherwise keep the statistics of the "
+        "network before pruning while the rest trains around them; on the embedded default a half-scope plan read 48-55% after "
+        "15-45 of its 60 steps and 96% after all 60 without this, 94-97% at every step count with it",
+    )  # fmt: skip
     teacher_cache: bool = Field(True, description="compute the teacher's training-split logits once per run (off for augmented data)")
     student_cache: int = Field(4, ge=0, description="recovered students kept for plans that differ only in precision or fusion")
     train_device: str = Field(
@@ -455,6 +463,8 @@ class RunConfig(_Strict):
             ctx["train_device"] = trained_on
         if ctx["latency"].get("search_warmup_s") is None:  # absent before the setting: older contexts stay as they were
             ctx["latency"].pop("search_warmup_s", None)
+        if not ctx["pipeline"].get("refresh_frozen_norms") or self.pipeline.bn_recalibration == "never":
+            ctx["pipeline"].pop("refresh_frozen_norms", None)  # what runs before the setting did: their contexts stay
         ctx["phase"] = phase
         if self.deployed_model is not None:  # adds a figure (the patch size); absent, contexts stay as they were
             ctx["deployed_model"] = hashlib.sha256(Path(self.deployed_model).read_bytes()).hexdigest()
@@ -491,7 +501,7 @@ def resolve_train_device(spec: str) -> str:
 #: with (a new setting's default is otherwise what an older run ran with).
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
-    ("search", "fidelity_scope"): False,
+    ("search", "fidelity_scope"): False, ("pipeline", "refresh_frozen_norms"): False,
 }  # fmt: skip
 
 

@@ -372,7 +372,9 @@ class PlanEvaluator:
         and, with `search_fidelity_scope`, for plans that train part of the model by how much
         cheaper their steps are (`SCOPE_STEP_COST`); at most 1. A half-scope plan read 58% after a
         fifth of its recovery (its MAC share had raised it to 26 of 60 steps) and 97% in full;
-        at full scope the same plan read 94% after 26 steps; 51 half-scope steps read 96%.
+        at full scope the same plan read 94% after 26 steps; 51 half-scope steps read 96%. That
+        was the frozen layers' stale BatchNorm statistics, which recovery now re-estimates first
+        (`pipeline.recover`'s ``refresh_frozen_norms``), so the scope rule is off by default.
         A narrow student's steps are cheap (not in proportion to its MACs: about
         0.4 s per step at 7% of the original's MACs against 1.1-1.6 s at 40-50%, one thread),
         and heavily pruned students are exactly the ones a short recovery reads far too low:
@@ -563,6 +565,7 @@ class PlanEvaluator:
             lr=self.pipeline.get("recovery_lr", 0.01), batch_size=self.pipeline.get("batch_size", 64),
             max_train_batches=self.pipeline.get("max_train_batches"), max_steps=steps,
             logits=self._teacher_logits() if steps > 0 else None, bn_recalibration=recal, seed=self.seed,
+            refresh_frozen_norms=self.pipeline.get("refresh_frozen_norms", True) and self.bn_recalibration != "never",
             device=self.pipeline.get("train_device", "cpu"),
         )  # fmt: skip
         timings["recover_s"] = time.perf_counter() - t
@@ -844,6 +847,7 @@ def build_evaluator(
             max_train_batches=p.max_train_batches,
             max_eval_batches=p.max_eval_batches,
             train_device=resolve_train_device(p.train_device),
+            refresh_frozen_norms=p.refresh_frozen_norms,
         ),
         seed=config.seed,
         search_fidelity=config.search.fidelity,

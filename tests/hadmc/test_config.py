@@ -119,15 +119,15 @@ def test_a_run_started_before_the_search_warm_up_setting_resumes_with_the_full_w
 def test_search_context_records_the_scope_rule_and_older_runs_resume_without_it(tmp_path):
     from hadmc.run import config_differences
 
-    base, same = RunConfig(), RunConfig.parse({"search": {"fidelity_scope": False}})
-    assert base.search.fidelity_scope is True
+    base, same = RunConfig.parse({"search": {"fidelity_scope": True}}), RunConfig()
+    assert same.search.fidelity_scope is False  # off since frozen BatchNorm statistics are re-estimated first
     assert base.evaluation_context("search") != same.evaluation_context("search")
     assert base.evaluation_context("final") == same.evaluation_context("final")  # final figures never depend on it
     full = {"search": {"fidelity": 1.0}}  # every plan runs its whole budget: no mark
-    assert RunConfig.parse(full).evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_scope": False}}).evaluation_context("search")
-    old = RunConfig().model_dump(mode="json")
+    assert RunConfig.parse(full).evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_scope": True}}).evaluation_context("search")
+    old = base.model_dump(mode="json")
     del old["search"]["fidelity_scope"]  # stored before the setting: every scope ran the same fraction
-    assert config_differences(RunConfig(), old) == ["search"] and config_differences(same, old) == []
+    assert config_differences(base, old) == ["search"] and config_differences(same, old) == []
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(old))
     assert RunConfig.load_stored(path).search.fidelity_scope is False
@@ -155,3 +155,24 @@ def test_training_device_is_checked_and_only_a_gpu_changes_the_context(monkeypat
         resolve_train_device("cuda:1")
     assert RunConfig().evaluation_context() != cpu.evaluation_context()
     assert RunConfig().evaluation_context("search") != cpu.evaluation_context("search")
+
+
+def test_the_frozen_batchnorm_refresh_changes_every_context_and_older_runs_resume_without_it(tmp_path):
+    from hadmc.run import config_differences
+
+    base, off = RunConfig(), RunConfig.parse({"pipeline": {"refresh_frozen_norms": False}})
+    assert base.pipeline.refresh_frozen_norms is True
+    for phase in ("search", "final"):  # it changes final figures too
+        assert base.evaluation_context(phase) != off.evaluation_context(phase)
+    never = {"bn_recalibration": "never"}  # nothing is re-estimated then: no mark
+    assert RunConfig.parse({"pipeline": never}).evaluation_context() == RunConfig.parse(
+        {"pipeline": {**never, "refresh_frozen_norms": False}}
+    ).evaluation_context()
+    old = RunConfig().model_dump(mode="json")
+    del old["pipeline"]["refresh_frozen_norms"]  # stored before the setting: frozen layers kept their statistics
+    assert config_differences(RunConfig(), old) == ["pipeline"] and config_differences(off, old) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    stored = RunConfig.load_stored(path)
+    assert stored.pipeline.refresh_frozen_norms is False
+    assert stored.evaluation_context("search") == off.evaluation_context("search")

@@ -165,6 +165,34 @@ def test_recovery_scope_head_trains_only_the_classifier(trained_small, digits16)
     assert not torch.equal(out.model.fc.weight, model.fc.weight)
 
 
+def test_a_pruned_plan_that_freezes_part_of_the_model_re_estimates_the_frozen_batchnorm_statistics_first(trained_small, digits16):
+    from hadmc.pipeline import recalibrate_batchnorm, recalibration_batches, recover, trainable_parameters
+
+    model, _ = trained_small
+    plan = CompressionPlan.uniform(0.5, "fp32", scope="half", budget=1)
+    no_recovery = plan.model_copy(update={"update": plan.update.model_copy(update={"budget": 0})})
+    pruned = apply_plan(model, no_recovery, digits16, measure_accuracy=False).model  # pruned, statistics as before pruning
+    trains = {id(p) for p in trainable_parameters(pruned, "half", digits16.example_input())}
+    norms = [n for n, m in pruned.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = [n for n in norms if not any(id(p) in trains for p in pruned.get_submodule(n).parameters())]
+    assert frozen and len(frozen) < len(norms)
+    expected = copy.deepcopy(pruned)
+    recalibrate_batchnorm(expected, recalibration_batches(digits16))
+    students = {}
+    for refresh in (True, False):
+        students[refresh] = copy.deepcopy(pruned)
+        recover(students[refresh], model, plan, digits16, max_train_batches=2, refresh_frozen_norms=refresh)
+
+    def mean(m, name):
+        return m.get_submodule(name).running_mean
+
+    # pruning left the frozen layers' statistics stale; the refresh replaces them, and training leaves them be
+    assert not torch.allclose(mean(pruned, frozen[0]), mean(expected, frozen[0]))
+    for name in frozen:
+        torch.testing.assert_close(mean(students[True], name), mean(expected, name))
+        torch.testing.assert_close(mean(students[False], name), mean(pruned, name))
+
+
 def _initializer_types(onnx_bytes: bytes) -> dict[str, int]:
     return {i.name: i.data_type for i in onnx.load_from_string(onnx_bytes).graph.initializer}
 
