@@ -523,6 +523,8 @@ def _stack_mask(mask: dict, n: int) -> dict:
 
 def _fresh(plans: list[CompressionPlan], seen: set[str], n: int) -> list[CompressionPlan]:
     """Up to `n` plans with keys not in `seen`, first occurrence kept (order preserved)."""
+    if n <= 0:  # before this check one plan came back: ask(1) gave an anchor and a policy sample
+        return []
     out, keys = [], set(seen)
     for p in plans:
         k = p.key()
