@@ -141,7 +141,7 @@ class SearchSpace(_Strict):
     searcher: str = Field("ppo", description="searcher by name: ppo, random, nsga2, sb3-ppo, greedy")
     budget: int = Field(64, ge=1, le=100_000, description="distinct plans evaluated for real (cache hits do not count)")
     fidelity: float = Field(
-        0.1, gt=0.0, le=1.0,
+        0.15, gt=0.0, le=1.0,
         description="fraction of each plan's recovery steps run while searching (1.0: full fidelity); "
         "below 1 the front is re-evaluated at full fidelity when the search ends",
     )  # fmt: skip
