@@ -2,7 +2,7 @@
 
 Uniform L1 pruning at a few ratios, each at fp32 and int8, and from 50% up int8 again with the
 first and last groups (stem and classifier) in fp32, the usual post-training-quantization
-recipe (`hadmc.search.ppo.ends_in_fp32`); every one recovered with the same
+recipe (`hadmc.search.base.ends_in_fp32`); every one recovered with the same
 knowledge-distillation recipe (the run's most thorough update, T=4, alpha=0.7, as in
 DESIGN.md section 9). They are evaluated through the run like any plan (final phase: test
 split, full recovery, artifact saved), and their keys are recorded in the run's meta
@@ -36,20 +36,20 @@ def uniform_plans(
 
     :param run: a `hadmc.run.CompressionRun` (for its plan space's update options and its groups in network order)
     """
-    from .search.base import PlanSpace
+    from .search.base import PlanSpace, ends_in_fp32
 
-    scope, budget = PlanSpace(run.groups, run.layout()).best_update()
+    space = PlanSpace(run.groups, run.layout())
+    scope, budget = space.best_update()
     plans = {
         f"uniform {round(100 * r)}% {p}": CompressionPlan.uniform(r, p, temperature=4.0, alpha=0.7, scope=scope, budget=budget)
         for r in ratios
         for p in precisions
     }
-    names = [g.name for g in run.groups]
-    if "int8" in precisions and len(names) > 2:
+    if "int8" in precisions and len(space.group_names) > 2:
         for r in ratios:
             if r >= ENDS_FP32_FROM:
                 plain = run.resolve(plans[f"uniform {round(100 * r)}% int8"])
-                plans[f"uniform {round(100 * r)}% int8, ends fp32"] = plain.with_precision([names[0], names[-1]], "fp32")
+                plans[f"uniform {round(100 * r)}% int8, ends fp32"] = ends_in_fp32(space, plain)
     return plans
 
 

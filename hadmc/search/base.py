@@ -230,4 +230,22 @@ class Searcher(abc.ABC):
         """Release threads or files the searcher holds."""
 
 
-__all__ = ["ALPHAS", "TEMPERATURES", "Dimension", "PlanSpace", "SearchContext", "Searcher"]
+
+
+def ends_in_fp32(space: PlanSpace, plan: CompressionPlan) -> CompressionPlan:
+    """`plan` with its first and last groups (the stem, which sees the raw input, and the
+    classifier, whose output is the logits) in fp32, where the space offers fp32 and the model
+    has more than two groups.
+
+    Keeping the ends in higher precision is the common post-training-quantization recipe, and
+    on the embedded default it is worth about a point: over 14 bench_search runs, mostly-INT8
+    plans pruned 60% or more with 3 recovery epochs read a median 98.33% (validation) with both
+    ends fp32 and 97.22% with both INT8 (the ends are a sliver of the MACs, so they cost little
+    latency). The greedy searcher found such plans by probing each group's INT8 alone; the
+    anchors give the policy them from the start."""
+    if "fp32" not in space.precisions or len(space.group_names) <= 2:
+        return plan
+    return plan.with_precision([space.group_names[0], space.group_names[-1]], "fp32")
+
+
+__all__ = ["ALPHAS", "TEMPERATURES", "Dimension", "PlanSpace", "SearchContext", "Searcher", "ends_in_fp32"]
