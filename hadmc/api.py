@@ -33,7 +33,6 @@ OPTION_PATHS: dict[str, str] = {
     "searcher": "search.searcher",
     "fidelity": "search.fidelity",
     "fidelity_macs_ref": "search.fidelity_macs_ref",
-    "fidelity_kd_ref": "search.fidelity_kd_ref",
     "bn_select": "search.bn_select",
     "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",

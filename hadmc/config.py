@@ -160,13 +160,6 @@ class SearchSpace(_Strict):
         "after 26 of its 60 steps and 97% in full), which pipeline.refresh_frozen_norms now re-estimates before "
         "recovery; without it a bench_search fidelity check costs 14% less at a Spearman of 0.86 (0.91 with it)",
     )  # fmt: skip
-    fidelity_kd_ref: float = Field(
-        0.0, ge=0.0,
-        description="below full fidelity, a plan that distils (weight alpha) at a temperature T above this runs more of "
-        "its recovery steps while searching: fidelity * (1 + alpha * (T / ref - 1)), at most all. At T 8-12 and alpha "
-        "0.5-1 a short recovery read plans 9-36 points low (87-97% in full) while alpha-0 plans read right, which broke "
-        "the rank check at fidelity 0.15 (Spearman 0.62); 0: off, every plan runs `fidelity`",
-    )  # fmt: skip
     bn_select: bool = Field(
         True,
         description="with pipeline.bn_recalibration: select, search evaluations keep re-estimated BatchNorm statistics "
@@ -481,8 +474,6 @@ class RunConfig(_Strict):
                 ctx["fidelity_macs_ref"] = self.search.fidelity_macs_ref
             if self.search.fidelity < 1.0 and self.search.fidelity_scope:  # absent otherwise, as in older contexts
                 ctx["fidelity_scope"] = True
-            if self.search.fidelity < 1.0 and self.search.fidelity_kd_ref > 0.0:  # absent when off, as in older contexts
-                ctx["fidelity_kd_ref"] = self.search.fidelity_kd_ref
             if self.search.bn_select and self.pipeline.bn_recalibration == "select":  # absent otherwise, as in older contexts
                 ctx["bn_select"] = True
             ctx["hard_latency_budget"] = self.constraints.latency_budget_ms if self.constraints.hard_latency_budget else None

@@ -180,8 +180,6 @@ class PlanEvaluator:
         0 gives every plan ``search_fidelity``
     :param search_fidelity_scope: plans that train part of the model (update scope) run more
         of their steps while searching, by how much cheaper each step is (`SCOPE_STEP_COST`)
-    :param search_fidelity_kd_ref: plans that distil at a temperature T above this run more of
-        their steps while searching: the fraction times ``1 + alpha * (T / ref - 1)``; 0: off
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -225,7 +223,6 @@ class PlanEvaluator:
         search_fidelity: float = 1.0,
         search_fidelity_macs_ref: float = 0.0,
         search_fidelity_scope: bool = False,
-        search_fidelity_kd_ref: float = 0.0,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -268,9 +265,6 @@ class PlanEvaluator:
             raise ConfigError(f"search_fidelity_macs_ref must lie in [0, 1] (a share of the original's MACs), got {search_fidelity_macs_ref}")
         self.search_fidelity_macs_ref = float(search_fidelity_macs_ref)
         self.search_fidelity_scope = bool(search_fidelity_scope)
-        if search_fidelity_kd_ref < 0.0:
-            raise ConfigError(f"search_fidelity_kd_ref must be 0 (off) or a positive temperature, got {search_fidelity_kd_ref}")
-        self.search_fidelity_kd_ref = float(search_fidelity_kd_ref)
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -369,10 +363,9 @@ class PlanEvaluator:
         if phase == "final" or full == 0 or self.search_fidelity >= 1.0:
             return full, full
         scope = plan.update.scope if self.search_fidelity_scope else "full"
-        distill = (plan.distill.temperature, plan.distill.alpha)
-        return min(full, max(1, math.ceil(self.search_fraction(macs_share, scope, distill) * full))), full
+        return min(full, max(1, math.ceil(self.search_fraction(macs_share, scope) * full))), full
 
-    def search_fraction(self, macs_share: float | None, scope: str = "full", distill: tuple[float, float] | None = None) -> float:
+    def search_fraction(self, macs_share: float | None, scope: str = "full") -> float:
         """Fraction of a plan's recovery steps run while searching.
 
         ``search_fidelity``, raised for narrow students to ``search_fidelity * ref / macs_share``
@@ -387,10 +380,6 @@ class PlanEvaluator:
         and heavily pruned students are exactly the ones a short recovery reads far too low:
         on the embedded default at fidelity 0.2, uniform 70% int8 read 87% while searching and
         97% in full, which steered searches away from the fastest plans that meet the floor.
-        With `search_fidelity_kd_ref` and ``distill`` = (temperature T, weight alpha), a plan
-        distilling above the reference temperature runs ``1 + alpha * (T / ref - 1)`` times more:
-        at T 8-12 a short recovery reads plans far too low (56.7% after 13 of 60 steps, 92.7% in
-        full) while plain cross-entropy (alpha 0) reads right.
         """
         f = self.search_fidelity
         if f >= 1.0:
@@ -398,10 +387,6 @@ class PlanEvaluator:
         ref = self.search_fidelity_macs_ref
         if ref > 0.0 and macs_share is not None:
             f *= max(1.0, ref / max(macs_share, 1e-6))
-        kd_ref = self.search_fidelity_kd_ref
-        if kd_ref > 0.0 and distill is not None:
-            temperature, alpha = distill
-            f *= 1.0 + alpha * max(0.0, temperature / kd_ref - 1.0)
         return min(1.0, f / SCOPE_STEP_COST.get(scope, 1.0))
 
     def macs_share(self, plan, pruned=None, timings: dict[str, float] | None = None, say=None) -> tuple[float, Any]:
@@ -868,7 +853,6 @@ def build_evaluator(
         search_fidelity=config.search.fidelity,
         search_fidelity_macs_ref=config.search.fidelity_macs_ref,
         search_fidelity_scope=config.search.fidelity_scope,
-        search_fidelity_kd_ref=config.search.fidelity_kd_ref,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

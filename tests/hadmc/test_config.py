@@ -134,15 +134,6 @@ def test_search_context_records_the_scope_rule_and_older_runs_resume_without_it(
     assert RunConfig.load_stored(path).evaluation_context("search") == same.evaluation_context("search")
 
 
-def test_search_context_records_the_distillation_rule_only_when_it_is_on():
-    on, off = RunConfig.parse({"search": {"fidelity_kd_ref": 4.0}}), RunConfig()
-    assert off.search.fidelity_kd_ref == 0.0  # off by default: older runs' contexts stay as they were
-    assert on.evaluation_context("search") != off.evaluation_context("search")
-    assert on.evaluation_context("final") == off.evaluation_context("final")  # final figures never depend on it
-    full = {"search": {"fidelity": 1.0}}  # every plan runs its whole budget: no mark
-    assert RunConfig.parse(full).evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_kd_ref": 4.0}}).evaluation_context("search")
-
-
 def test_training_device_is_checked_and_only_a_gpu_changes_the_context(monkeypatch):
     import torch
 

@@ -326,26 +326,3 @@ def test_on_a_machine_with_a_gpu_a_cpu_target_is_described_and_its_energy_read_a
         hal_device.detect_local.cache_clear()
     assert evaluator.device.kind == "cpu" and evaluator.device.backend == "ort-cpu"
     assert evaluator.energy_probe is None or evaluator.energy_probe.name != "nvml"
-
-
-def test_plans_that_distil_at_a_high_temperature_run_more_of_their_recovery_while_searching(trained_small, digits16):
-    from hadmc.errors import ConfigError
-    from hadmc.pipeline import resolve_plan
-
-    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.2, search_fidelity_kd_ref=4.0, student_cache=0)
-    # 1 + alpha * (T / ref - 1) times the fraction; at or below the reference, or alpha 0, unchanged
-    assert ev.search_fraction(None, distill=(4.0, 1.0)) == 0.2 and ev.search_fraction(None, distill=(1.0, 0.7)) == 0.2
-    assert ev.search_fraction(None, distill=(12.0, 0.0)) == 0.2 and ev.search_fraction(None) == 0.2
-    assert ev.search_fraction(None, distill=(12.0, 1.0)) == pytest.approx(0.6)
-    assert ev.search_fraction(None, distill=(8.0, 0.5)) == pytest.approx(0.3)
-    assert ev.search_fraction(None, distill=(40.0, 1.0)) == 1.0  # at most the whole budget
-    plan = CompressionPlan.uniform(0.5, "fp32", budget=3)  # 9 steps at 3 batches per epoch
-    hot = plan.model_copy(update={"distill": plan.distill.model_copy(update={"temperature": 12.0, "alpha": 1.0})})
-    cold = plan.model_copy(update={"distill": plan.distill.model_copy(update={"temperature": 12.0, "alpha": 0.0})})
-    assert ev.recovery_plan(resolve_plan(hot, ev.groups), "search") == (6, 9)  # ceil(0.6 * 9)
-    assert ev.recovery_plan(resolve_plan(cold, ev.groups), "search") == (2, 9)  # ceil(0.2 * 9)
-    assert ev.recovery_plan(resolve_plan(hot, ev.groups), "final") == (9, 9)
-    off = _small_evaluator(trained_small, digits16, search_fidelity=0.2, student_cache=0)
-    assert off.recovery_plan(resolve_plan(hot, off.groups), "search") == (2, 9)
-    with pytest.raises(ConfigError, match="search_fidelity_kd_ref"):
-        _small_evaluator(trained_small, digits16, search_fidelity_kd_ref=-1.0)
