@@ -152,9 +152,11 @@ def spread_plans(plans: list[tuple[dict, float, float, float]], n: int) -> list[
 
     Evenly spaced in accuracy, not in rank: searchers crowd their plans near the top, and
     rank quantiles then pick mostly plans within a few test images of each other, whose full-
-    fidelity order is the test split's noise rather than the proxy's."""
+    fidelity order is the test split's noise rather than the proxy's. Plans of equal accuracy
+    are ordered by their canonical JSON, so the same searches give the same pool whatever order
+    they are read in (in the run, or from folders with `--plans-from`)."""
     seen, unique = set(), []
-    for p in sorted(plans, key=lambda r: r[1]):
+    for p in sorted(plans, key=lambda r: (r[1], json.dumps(r[0], sort_keys=True))):
         key = json.dumps(p[0], sort_keys=True)
         if key not in seen:
             seen.add(key)

@@ -49,6 +49,19 @@ def test_fidelity_plans_are_spread_evenly_over_the_accuracy_range_not_over_ranks
     assert bench.spread_plans(plans[:3], 5) == sorted(plans[:3], key=lambda p: p[1])
 
 
+def test_fidelity_pool_does_not_depend_on_the_order_the_plans_are_read_in(bench):
+    import random
+
+    # ties of search accuracy (a validation split of 180 images gives many) used to be broken by input order
+    accs = [0.5, 0.6, 0.6, 0.6, 0.8, 0.8, 0.9, 0.95, 0.95, 1.0]
+    plans = [({"p": i}, a, 1.0, 1.0) for i, a in enumerate(accs)]
+    first = bench.spread_plans(plans, 4)
+    for seed in range(5):
+        shuffled = plans[:]
+        random.Random(seed).shuffle(shuffled)
+        assert bench.spread_plans(shuffled, 4) == first
+
+
 def test_reuse_refuses_a_finished_run_made_with_other_settings(tmp_path, bench):
     name = "random-s0"
     run = surrogate_run(config("random", budget=4, run_dir=tmp_path / name, name=name, seed=0))
