@@ -33,6 +33,7 @@ OPTION_PATHS: dict[str, str] = {
     "searcher": "search.searcher",
     "fidelity": "search.fidelity",
     "fidelity_macs_ref": "search.fidelity_macs_ref",
+    "fidelity_lr": "search.fidelity_lr",
     "bn_select": "search.bn_select",
     "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",

@@ -152,6 +152,13 @@ class SearchSpace(_Strict):
         "at most all): narrow students are cheap per step and read far too low after a short recovery; 0: "
         "every plan runs `fidelity`",
     )  # fmt: skip
+    fidelity_lr: float = Field(
+        3.0, ge=1.0, le=20.0,
+        description="below full fidelity, a search recovery that runs fewer steps than the plan's own budget trains at "
+        "this multiple of pipeline.learning_rate (the final evaluation always trains at the plan's own rate): a "
+        "one-cycle schedule squeezed into a fifth of its steps barely moves plans that distil at high temperatures, "
+        "which read 20-35 points low and out of rank; 1: the plan's own rate",
+    )  # fmt: skip
     fidelity_scope: bool = Field(
         False,
         description="below full fidelity, a plan that trains only part of the model (update scope half, last_stage "
@@ -472,6 +479,8 @@ class RunConfig(_Strict):
             ctx["fidelity"] = self.search.fidelity
             if self.search.fidelity < 1.0 and self.search.fidelity_macs_ref > 0.0:  # absent at 0, so older contexts stay as they were
                 ctx["fidelity_macs_ref"] = self.search.fidelity_macs_ref
+            if self.search.fidelity < 1.0 and self.search.fidelity_lr != 1.0:  # absent at 1, as in older contexts
+                ctx["fidelity_lr"] = self.search.fidelity_lr
             if self.search.fidelity < 1.0 and self.search.fidelity_scope:  # absent otherwise, as in older contexts
                 ctx["fidelity_scope"] = True
             if self.search.bn_select and self.pipeline.bn_recalibration == "select":  # absent otherwise, as in older contexts
@@ -501,7 +510,7 @@ def resolve_train_device(spec: str) -> str:
 #: with (a new setting's default is otherwise what an older run ran with).
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
-    ("search", "fidelity_scope"): False, ("pipeline", "refresh_frozen_norms"): False,
+    ("search", "fidelity_scope"): False, ("pipeline", "refresh_frozen_norms"): False, ("search", "fidelity_lr"): 1.0,
 }  # fmt: skip
 
 

@@ -180,6 +180,8 @@ class PlanEvaluator:
         0 gives every plan ``search_fidelity``
     :param search_fidelity_scope: plans that train part of the model (update scope) run more
         of their steps while searching, by how much cheaper each step is (`SCOPE_STEP_COST`)
+    :param search_fidelity_lr: a search recovery shorter than the plan's own budget trains at
+        this multiple of ``pipeline["recovery_lr"]``; final evaluations train at the rate itself
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -223,6 +225,7 @@ class PlanEvaluator:
         search_fidelity: float = 1.0,
         search_fidelity_macs_ref: float = 0.0,
         search_fidelity_scope: bool = False,
+        search_fidelity_lr: float = 1.0,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -265,6 +268,9 @@ class PlanEvaluator:
             raise ConfigError(f"search_fidelity_macs_ref must lie in [0, 1] (a share of the original's MACs), got {search_fidelity_macs_ref}")
         self.search_fidelity_macs_ref = float(search_fidelity_macs_ref)
         self.search_fidelity_scope = bool(search_fidelity_scope)
+        if not 1.0 <= search_fidelity_lr <= 20.0:
+            raise ConfigError(f"search_fidelity_lr must lie in [1, 20] (a multiple of the recovery learning rate), got {search_fidelity_lr}")
+        self.search_fidelity_lr = float(search_fidelity_lr)
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -537,9 +543,13 @@ class PlanEvaluator:
         info = {**info, "bn_recalibrated": use, "bn_select_val": {"re-estimated": recal, "kept": plain, "images": images}}
         return (other if use else student), info
 
-    def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say) -> tuple[Any, dict]:
+    def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say, short: bool = False) -> tuple[Any, dict]:
         """The recovered student of `plan`: from the cache when a plan with the same pruning,
-        distillation, update and fidelity was recovered already, else pruned and recovered."""
+        distillation, update and fidelity was recovered already, else pruned and recovered.
+
+        :param short: `steps` is below the plan's own budget (a search at lower fidelity): recovery
+            trains at `search_fidelity_lr` times the recovery learning rate
+        """
         from .pipeline import recover
 
         changed = self._changed(plan, steps)
@@ -548,9 +558,10 @@ class PlanEvaluator:
             phase == "search" and (self.bn_recalibration == "search" or (self.bn_recalibration == "select" and not self.search_bn_select))
         )
         recal = recal and changed
+        lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if short and phase == "search" else 1.0)
         key = (
             _pruning_key(plan),
-            plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, recal, select, self.seed,
+            plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, lr, recal, select, self.seed,
         )  # fmt: skip
         if key in self._students:
             self._students.move_to_end(key)
@@ -562,7 +573,7 @@ class PlanEvaluator:
         t = time.perf_counter()
         info = recover(
             pruned, self.model, plan, self.data,
-            lr=self.pipeline.get("recovery_lr", 0.01), batch_size=self.pipeline.get("batch_size", 64),
+            lr=lr, batch_size=self.pipeline.get("batch_size", 64),
             max_train_batches=self.pipeline.get("max_train_batches"), max_steps=steps,
             logits=self._teacher_logits() if steps > 0 else None, bn_recalibration=recal, seed=self.seed,
             refresh_frozen_norms=self.pipeline.get("refresh_frozen_norms", True) and self.bn_recalibration != "never",
@@ -637,7 +648,7 @@ class PlanEvaluator:
                         recovery_steps=0, notes=notes,
                     )  # fmt: skip
                     raise _Skipped
-            student, recovery = self._student(resolved, phase, steps, pruned, timings, say)
+            student, recovery = self._student(resolved, phase, steps, pruned, timings, say, short=steps < full)
             say("export")
             art = self._export(student, resolved, phase)
             timings.update(art.timings)
@@ -853,6 +864,7 @@ def build_evaluator(
         search_fidelity=config.search.fidelity,
         search_fidelity_macs_ref=config.search.fidelity_macs_ref,
         search_fidelity_scope=config.search.fidelity_scope,
+        search_fidelity_lr=config.search.fidelity_lr,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

@@ -95,6 +95,9 @@ class RunResults:
         more = f", more for students under {ref:g} of the original's MACs" if fid < 1.0 and ref > 0.0 else ""
         if fid < 1.0 and self.config.get("search", {}).get("fidelity_scope"):  # absent: a run from before the rule
             more += ", more for plans that train part of the model"
+        lr = self.config.get("search", {}).get("fidelity_lr") or 1.0  # absent: a run from before the setting
+        if fid < 1.0 and lr != 1.0:
+            more += f", shortened recoveries at {lr:g}x the learning rate"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

@@ -234,12 +234,15 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     res = load_results(known.run_dir)
     search = dict(res.config.get("search", {}))
     search.pop("fidelity_scope", None)  # a run from before the scope rule
+    search.pop("fidelity_lr", None)  # and before the learning-rate setting
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
     assert ruled.fidelity_text == "0.2 of each plan's recovery, more for students under 0.5 of the original's MACs"
     scoped = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.4, "fidelity_scope": True}})
     assert scoped.fidelity_text == "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, more for plans that train part of the model"
+    fast = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.4, "fidelity_lr": 3.0}})
+    assert fast.fidelity_text == "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, shortened recoveries at 3x the learning rate"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
