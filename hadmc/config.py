@@ -156,8 +156,9 @@ class SearchSpace(_Strict):
         3.0, ge=1.0, le=20.0,
         description="below full fidelity, a search recovery that runs fewer steps than the plan's own budget trains at "
         "this multiple of pipeline.learning_rate (the final evaluation always trains at the plan's own rate): a "
-        "one-cycle schedule squeezed into a fifth of its steps barely moves plans that distil at high temperatures, "
-        "which read 20-35 points low and out of rank; 1: the plan's own rate",
+        "one-cycle schedule squeezed into a few steps stops short (a plan at T 1 read 93.3% after 9 of its 60 steps, "
+        "98.9% at 3x, 99.0% in full); plans that distil at high temperatures still read low, and at 6x they "
+        "collapse; 1: the plan's own rate",
     )  # fmt: skip
     fidelity_scope: bool = Field(
         False,
