@@ -182,6 +182,8 @@ class PlanEvaluator:
         of their steps while searching, by how much cheaper each step is (`SCOPE_STEP_COST`)
     :param search_fidelity_lr: a search recovery shorter than the plan's own budget trains at
         this multiple of ``pipeline["recovery_lr"]``; final evaluations train at the rate itself
+    :param search_fidelity_temperature: such a shortened search recovery distils at no more than
+        this temperature; final evaluations at the plan's own (20: always the plan's own)
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -226,6 +228,7 @@ class PlanEvaluator:
         search_fidelity_macs_ref: float = 0.0,
         search_fidelity_scope: bool = False,
         search_fidelity_lr: float = 1.0,
+        search_fidelity_temperature: float = 20.0,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -271,6 +274,9 @@ class PlanEvaluator:
         if not 1.0 <= search_fidelity_lr <= 20.0:
             raise ConfigError(f"search_fidelity_lr must lie in [1, 20] (a multiple of the recovery learning rate), got {search_fidelity_lr}")
         self.search_fidelity_lr = float(search_fidelity_lr)
+        if not 1.0 <= search_fidelity_temperature <= 20.0:
+            raise ConfigError(f"search_fidelity_temperature must lie in [1, 20] (a distillation temperature), got {search_fidelity_temperature}")
+        self.search_fidelity_temperature = float(search_fidelity_temperature)
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -548,7 +554,8 @@ class PlanEvaluator:
         distillation, update and fidelity was recovered already, else pruned and recovered.
 
         :param short: `steps` is below the plan's own budget (a search at lower fidelity): recovery
-            trains at `search_fidelity_lr` times the recovery learning rate
+            trains at `search_fidelity_lr` times the recovery learning rate and distils at no more
+            than `search_fidelity_temperature`
         """
         from .pipeline import recover
 
@@ -558,7 +565,10 @@ class PlanEvaluator:
             phase == "search" and (self.bn_recalibration == "search" or (self.bn_recalibration == "select" and not self.search_bn_select))
         )
         recal = recal and changed
-        lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if short and phase == "search" else 1.0)
+        shortened = short and phase == "search"
+        lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if shortened else 1.0)
+        if shortened and plan.distill.temperature > self.search_fidelity_temperature:
+            plan = plan.model_copy(update={"distill": plan.distill.model_copy(update={"temperature": self.search_fidelity_temperature})})
         key = (
             _pruning_key(plan),
             plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, lr, recal, select, self.seed,
@@ -865,6 +875,7 @@ def build_evaluator(
         search_fidelity_macs_ref=config.search.fidelity_macs_ref,
         search_fidelity_scope=config.search.fidelity_scope,
         search_fidelity_lr=config.search.fidelity_lr,
+        search_fidelity_temperature=config.search.fidelity_temperature,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

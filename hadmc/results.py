@@ -98,6 +98,9 @@ class RunResults:
         lr = self.config.get("search", {}).get("fidelity_lr") or 1.0  # absent: a run from before the setting
         if fid < 1.0 and lr != 1.0:
             more += f", shortened recoveries at {lr:g}x the learning rate"
+        cap = self.config.get("search", {}).get("fidelity_temperature") or 20.0  # absent: a run from before the setting
+        if fid < 1.0 and cap < 20.0:
+            more += f" distilling at T <= {cap:g}" if lr != 1.0 else f", shortened recoveries distilling at T <= {cap:g}"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

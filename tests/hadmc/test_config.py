@@ -101,6 +101,23 @@ def test_search_context_records_the_search_learning_rate_and_older_runs_resume_w
     assert RunConfig.load(path).search.fidelity_lr == 3.0  # a user's file keeps the default
 
 
+def test_search_context_records_the_search_temperature_cap_and_older_runs_resume_without_it(tmp_path):
+    from hadmc.run import config_differences
+
+    base, plain = RunConfig(), RunConfig.parse({"search": {"fidelity_temperature": 20.0}})
+    assert base.evaluation_context("search") != plain.evaluation_context("search")
+    assert base.evaluation_context("final") == plain.evaluation_context("final")  # final recoveries distil at the plan's own T
+    full = RunConfig.parse({"search": {"fidelity": 1.0}})
+    assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_temperature": 20.0}}).evaluation_context("search")
+    old = RunConfig().model_dump(mode="json")
+    del old["search"]["fidelity_temperature"]  # a run's stored configuration from before the setting
+    assert config_differences(plain, old) == []
+    path = tmp_path / "config.yaml"
+    path.write_text(__import__("yaml").safe_dump(old))
+    assert RunConfig.load_stored(path).search.fidelity_temperature == 20.0
+    assert RunConfig.load(path).search.fidelity_temperature == 4.0  # a user's file keeps the default
+
+
 def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_without_it(tmp_path):
     from hadmc.run import config_differences
 

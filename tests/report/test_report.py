@@ -235,6 +235,7 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     search = dict(res.config.get("search", {}))
     search.pop("fidelity_scope", None)  # a run from before the scope rule
     search.pop("fidelity_lr", None)  # and before the learning-rate setting
+    search.pop("fidelity_temperature", None)  # and before the temperature cap
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
@@ -243,6 +244,12 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     assert scoped.fidelity_text == "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, more for plans that train part of the model"
     fast = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.4, "fidelity_lr": 3.0}})
     assert fast.fidelity_text == "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, shortened recoveries at 3x the learning rate"
+    capped = dataclasses.replace(fast, config={**fast.config, "search": {**fast.config["search"], "fidelity_temperature": 4.0}})
+    assert capped.fidelity_text == (
+        "0.15 of each plan's recovery, more for students under 0.4 of the original's MACs, shortened recoveries at 3x the learning rate distilling at T <= 4"
+    )
+    cool = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_temperature": 4.0}})
+    assert cool.fidelity_text == "0.15 of each plan's recovery, shortened recoveries distilling at T <= 4"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
