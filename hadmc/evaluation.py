@@ -568,6 +568,7 @@ class PlanEvaluator:
         shortened = short and phase == "search"
         lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if shortened else 1.0)
         if shortened and plan.distill.temperature > self.search_fidelity_temperature:
+            # From here on the plan as recovered; the evaluation records the plan's own temperature.
             plan = plan.model_copy(update={"distill": plan.distill.model_copy(update={"temperature": self.search_fidelity_temperature})})
         key = (
             _pruning_key(plan),

@@ -84,38 +84,24 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
     assert RunConfig.load(path).search.fidelity_macs_ref == 0.4  # a user's file keeps the default
 
 
-def test_search_context_records_the_search_learning_rate_and_older_runs_resume_without_it(tmp_path):
+@pytest.mark.parametrize(("field", "plans_own", "default"), [("fidelity_lr", 1.0, 3.0), ("fidelity_temperature", 20.0, 4.0)])
+def test_search_context_records_how_shortened_recoveries_train_and_older_runs_resume_without_it(tmp_path, field, plans_own, default):
+    """The search learning rate and the search temperature cap: in the search context only
+    below full fidelity, absent at the value that trains as the plan says (older contexts)."""
     from hadmc.run import config_differences
 
-    base, plain = RunConfig(), RunConfig.parse({"search": {"fidelity_lr": 1.0}})
+    base, plain = RunConfig(), RunConfig.parse({"search": {field: plans_own}})
     assert base.evaluation_context("search") != plain.evaluation_context("search")
-    assert base.evaluation_context("final") == plain.evaluation_context("final")  # final recoveries train at the plan's own rate
+    assert base.evaluation_context("final") == plain.evaluation_context("final")  # final recoveries train as the plan says
     full = RunConfig.parse({"search": {"fidelity": 1.0}})
-    assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_lr": 1.0}}).evaluation_context("search")
+    assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, field: plans_own}}).evaluation_context("search")
     old = RunConfig().model_dump(mode="json")
-    del old["search"]["fidelity_lr"]  # a run's stored configuration from before the setting
+    del old["search"][field]  # a run's stored configuration from before the setting
     assert config_differences(plain, old) == []
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(old))
-    assert RunConfig.load_stored(path).search.fidelity_lr == 1.0
-    assert RunConfig.load(path).search.fidelity_lr == 3.0  # a user's file keeps the default
-
-
-def test_search_context_records_the_search_temperature_cap_and_older_runs_resume_without_it(tmp_path):
-    from hadmc.run import config_differences
-
-    base, plain = RunConfig(), RunConfig.parse({"search": {"fidelity_temperature": 20.0}})
-    assert base.evaluation_context("search") != plain.evaluation_context("search")
-    assert base.evaluation_context("final") == plain.evaluation_context("final")  # final recoveries distil at the plan's own T
-    full = RunConfig.parse({"search": {"fidelity": 1.0}})
-    assert full.evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_temperature": 20.0}}).evaluation_context("search")
-    old = RunConfig().model_dump(mode="json")
-    del old["search"]["fidelity_temperature"]  # a run's stored configuration from before the setting
-    assert config_differences(plain, old) == []
-    path = tmp_path / "config.yaml"
-    path.write_text(__import__("yaml").safe_dump(old))
-    assert RunConfig.load_stored(path).search.fidelity_temperature == 20.0
-    assert RunConfig.load(path).search.fidelity_temperature == 4.0  # a user's file keeps the default
+    assert getattr(RunConfig.load_stored(path).search, field) == plans_own
+    assert getattr(RunConfig.load(path).search, field) == default  # a user's file keeps the default
 
 
 def test_search_context_records_the_batchnorm_choice_and_older_runs_resume_without_it(tmp_path):
