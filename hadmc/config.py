@@ -166,7 +166,8 @@ class SearchSpace(_Strict):
         "at no more than this temperature (the final evaluation always at the plan's own): high-temperature "
         "distillation matches every logit and moves the student's top class slowly, so a few steps of it read far "
         "below what the whole budget reaches (T 8, alpha 0.9: 67% after 5 of 20 steps, 88% in full; 89% with T "
-        "capped at 4), while at full fidelity the temperature changes little; 20: the plan's own",
+        "capped at 4); one-epoch budgets searched at a few steps still read far too low whatever the temperature; "
+        "20: the plan's own",
     )  # fmt: skip
     fidelity_scope: bool = Field(
         False,
