@@ -12,12 +12,19 @@ All in one run, on this machine, with the real evaluator (embedded default, ONNX
   of all runs) are evaluated again, each at search fidelity and at full fidelity (as the final front
   is), one after the other in one evaluator after a common warm-up (baselines, teacher
   logits), the order alternating from plan to plan: the Spearman correlation of their search
-  accuracy (validation split) with their full-fidelity accuracy (the test split, the figure a
-  user is shown; the validation split's is reported too), and the mean wall time of their
+  accuracy with their full-fidelity accuracy on the same (validation) split, which is what a
+  search at full fidelity would have ranked them by; the same against full-fidelity test
+  accuracy (the figure a user is shown), and the test split's own ceiling on that figure, the
+  Spearman of full-fidelity validation against full-fidelity test accuracy (a proxy that read
+  full-fidelity validation accuracy exactly would score that); and the mean wall time of their
   search evaluations against their full-fidelity evaluations, both measured in this run.
 
 Checks: ppo's median hypervolume at the full budget is at least random's and nsga2's; a search
-evaluation costs at most a quarter of a full-fidelity one; Spearman >= 0.8.
+evaluation costs at most a quarter of a full-fidelity one; search accuracy ranks plans like
+full-fidelity accuracy on the same split, Spearman >= 0.8. (Against the test split even a proxy
+that read full-fidelity validation accuracy exactly scores only the ceiling: plans within a
+point of each other swap places between 180 validation and 396 test images. The runs in docs/benchmark-history.md before 2026-11-25 were
+checked against the test split.)
 
     python scripts/bench_search.py --budget 64 --seeds 3 --json           # the full benchmark (hours)
     python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
@@ -210,13 +217,14 @@ def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_pl
             "recovery_steps": [search.recovery_steps, full.recovery_steps], "search_timings": search.timings, "full_timings": full.timings,
         })  # fmt: skip
     search = [r["search_accuracy_val"] for r in rows]
-    rho = spearmanr(search, [r["full_accuracy_test"] for r in rows]).statistic
+    full_val, full_test = [r["full_accuracy_val"] for r in rows], [r["full_accuracy_test"] for r in rows]
     mean_search = statistics.fmean(r["search_s"] for r in rows)
     mean_full = statistics.fmean(r["full_s"] for r in rows)
     return {
         "plans": len(rows),
-        "spearman": float(rho),
-        "spearman_vs_full_val": float(spearmanr(search, [r["full_accuracy_val"] for r in rows]).statistic),
+        "spearman": float(spearmanr(search, full_test).statistic),
+        "spearman_vs_full_val": float(spearmanr(search, full_val).statistic),
+        "spearman_full_val_vs_full_test": float(spearmanr(full_val, full_test).statistic),
         "spearman_search_run_vs_full_test": float(spearmanr([r["search_accuracy_val_in_search_run"] for r in rows], [r["full_accuracy_test"] for r in rows]).statistic),
         "mean_search_eval_s": mean_search,
         "mean_full_eval_s": mean_full,
@@ -228,10 +236,11 @@ def fidelity_check(base_cfg, plans: list[tuple[dict, float, float, float]], n_pl
 
 def fidelity_checks(fid: dict) -> dict[str, bool]:
     """A search evaluation costs at most a quarter of a full one; search accuracy ranks plans
-    like full fidelity (Spearman >= 0.8 over >= 8 plans)."""
+    like full-fidelity accuracy on the same split (Spearman >= 0.8 over >= 8 plans)."""
+    rho = fid.get("spearman_vs_full_val")
     return {
         "search_eval_le_quarter_full": fid.get("ratio") is not None and fid["ratio"] <= 0.25,
-        "spearman_ge_0_8": fid.get("spearman") is not None and fid["plans"] >= 8 and fid["spearman"] >= 0.8,
+        "spearman_vs_full_val_ge_0_8": rho is not None and fid["plans"] >= 8 and rho >= 0.8,
     }
 
 
@@ -346,7 +355,10 @@ def main() -> int:
     else:
         for n in s:
             print(f"{n:14s} hv@{last} median {med[n]:.3f}  {s[n]['mean_eval_s']:.1f} s/eval")
-        print(f"fidelity: spearman {fid.get('spearman')}, search/full {fid.get('ratio')}")
+        print(
+            f"fidelity: spearman vs full-fidelity val {fid.get('spearman_vs_full_val')}, vs full-fidelity test {fid.get('spearman')} "
+            f"(the test split's ceiling {fid.get('spearman_full_val_vs_full_test')}), search/full {fid.get('ratio')}"
+        )
         print(json.dumps(report["checks"]))
     if tmp is not None:
         tmp.cleanup()

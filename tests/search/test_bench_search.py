@@ -74,3 +74,13 @@ def test_reuse_refuses_a_finished_run_made_with_other_settings(tmp_path, bench):
     with pytest.raises(bench.OtherSettings, match="other settings for: search"):
         bench.finished_run(tmp_path / name, 4, other)
     assert (tmp_path / name / "hadmc.db").is_file()  # neither reused nor deleted
+
+
+def test_rank_check_compares_search_and_full_fidelity_on_the_same_split(bench):
+    # The test split's own noise is not held against the proxy: this one ranks like full
+    # fidelity on validation (checked) but not like the test split, which it is reported against.
+    fid = {"plans": 8, "ratio": 0.2, "spearman": 0.5, "spearman_vs_full_val": 0.85, "spearman_full_val_vs_full_test": 0.6}
+    assert bench.fidelity_checks(fid) == {"search_eval_le_quarter_full": True, "spearman_vs_full_val_ge_0_8": True}
+    assert not bench.fidelity_checks({**fid, "spearman_vs_full_val": 0.79})["spearman_vs_full_val_ge_0_8"]
+    assert not bench.fidelity_checks({**fid, "plans": 7})["spearman_vs_full_val_ge_0_8"]
+    assert not any(bench.fidelity_checks({"plans": 1, "spearman": None}).values())
