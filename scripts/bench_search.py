@@ -23,8 +23,8 @@ Checks: ppo's median hypervolume at the full budget is at least random's and nsg
 evaluation costs at most a quarter of a full-fidelity one; search accuracy ranks plans like
 full-fidelity accuracy on the same split, Spearman >= 0.8. (Against the test split even a proxy
 that read full-fidelity validation accuracy exactly scores only the ceiling: plans within a
-point of each other swap places between 180 validation and 396 test images. The runs in docs/benchmark-history.md before 83f72dd were
-checked against the test split.)
+point of each other swap places between 180 validation and 396 test images. The runs in
+docs/benchmark-history.md before 83f72dd were checked against the test split.)
 
     python scripts/bench_search.py --budget 64 --seeds 3 --json           # the full benchmark (hours)
     python scripts/bench_search.py --budget 8 --seeds 1 --searchers ppo,random --json   # quick
