@@ -169,6 +169,15 @@ class SearchSpace(_Strict):
         "capped at 4); one-epoch budgets searched at a few steps still read far too low whatever the temperature; "
         "20: the plan's own",
     )  # fmt: skip
+    fidelity_alpha: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="below full fidelity, a search recovery that runs fewer steps than the plan's own budget weighs "
+        "distillation by no more than this alpha, the rest being cross-entropy on the labels (the final evaluation "
+        "always by the plan's own): a few steps of mostly-distillation read far below what the whole budget reaches, "
+        "whatever the temperature (T 20, alpha 1, on the validation split: 67.8% after 10 of 60 steps at T 4, 97.2% "
+        "in full, 94.4% with alpha capped at 0.3), so the search ranked plans by their distillation weight rather "
+        "than by what they reach; 1: the plan's own",
+    )  # fmt: skip
     fidelity_scope: bool = Field(
         False,
         description="below full fidelity, a plan that trains only part of the model (update scope half, last_stage "
@@ -493,6 +502,8 @@ class RunConfig(_Strict):
                 ctx["fidelity_lr"] = self.search.fidelity_lr
             if self.search.fidelity < 1.0 and self.search.fidelity_temperature < 20.0:  # absent at 20, as in older contexts
                 ctx["fidelity_temperature"] = self.search.fidelity_temperature
+            if self.search.fidelity < 1.0 and self.search.fidelity_alpha < 1.0:  # absent at 1, as in older contexts
+                ctx["fidelity_alpha"] = self.search.fidelity_alpha
             if self.search.fidelity < 1.0 and self.search.fidelity_scope:  # absent otherwise, as in older contexts
                 ctx["fidelity_scope"] = True
             if self.search.bn_select and self.pipeline.bn_recalibration == "select":  # absent otherwise, as in older contexts
@@ -523,7 +534,7 @@ def resolve_train_device(spec: str) -> str:
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("search", "fidelity_macs_ref"): 0.0, ("search", "bn_select"): False, ("latency", "search_warmup_s"): None,
     ("search", "fidelity_scope"): False, ("pipeline", "refresh_frozen_norms"): False, ("search", "fidelity_lr"): 1.0,
-    ("search", "fidelity_temperature"): 20.0,
+    ("search", "fidelity_temperature"): 20.0, ("search", "fidelity_alpha"): 1.0,
 }  # fmt: skip
 
 

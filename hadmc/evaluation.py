@@ -184,6 +184,9 @@ class PlanEvaluator:
         this multiple of ``pipeline["recovery_lr"]``; final evaluations train at the rate itself
     :param search_fidelity_temperature: such a shortened search recovery distils at no more than
         this temperature; final evaluations at the plan's own (20: always the plan's own)
+    :param search_fidelity_alpha: and weighs the distillation term by no more than this alpha
+        (the rest is cross-entropy on the labels); final evaluations by the plan's own (1:
+        always the plan's own)
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -229,6 +232,7 @@ class PlanEvaluator:
         search_fidelity_scope: bool = False,
         search_fidelity_lr: float = 1.0,
         search_fidelity_temperature: float = 20.0,
+        search_fidelity_alpha: float = 1.0,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -277,6 +281,9 @@ class PlanEvaluator:
         if not 1.0 <= search_fidelity_temperature <= 20.0:
             raise ConfigError(f"search_fidelity_temperature must lie in [1, 20] (a distillation temperature), got {search_fidelity_temperature}")
         self.search_fidelity_temperature = float(search_fidelity_temperature)
+        if not 0.0 <= search_fidelity_alpha <= 1.0:
+            raise ConfigError(f"search_fidelity_alpha must lie in [0, 1] (a distillation weight), got {search_fidelity_alpha}")
+        self.search_fidelity_alpha = float(search_fidelity_alpha)
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -555,7 +562,7 @@ class PlanEvaluator:
 
         :param short: `steps` is below the plan's own budget (a search at lower fidelity): recovery
             trains at `search_fidelity_lr` times the recovery learning rate and distils at no more
-            than `search_fidelity_temperature`
+            than `search_fidelity_temperature` with at most `search_fidelity_alpha`
         """
         from .pipeline import recover
 
@@ -567,9 +574,11 @@ class PlanEvaluator:
         recal = recal and changed
         shortened = short and phase == "search"
         lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if shortened else 1.0)
-        if shortened and plan.distill.temperature > self.search_fidelity_temperature:
-            # From here on the plan as recovered; the evaluation records the plan's own temperature.
-            plan = plan.model_copy(update={"distill": plan.distill.model_copy(update={"temperature": self.search_fidelity_temperature})})
+        if shortened and (plan.distill.temperature > self.search_fidelity_temperature or plan.distill.alpha > self.search_fidelity_alpha):
+            # From here on the plan as recovered; the evaluation records the plan's own distillation.
+            capped = {"temperature": min(plan.distill.temperature, self.search_fidelity_temperature),
+                      "alpha": min(plan.distill.alpha, self.search_fidelity_alpha)}  # fmt: skip
+            plan = plan.model_copy(update={"distill": plan.distill.model_copy(update=capped)})
         key = (
             _pruning_key(plan),
             plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, lr, recal, select, self.seed,
@@ -877,6 +886,7 @@ def build_evaluator(
         search_fidelity_scope=config.search.fidelity_scope,
         search_fidelity_lr=config.search.fidelity_lr,
         search_fidelity_temperature=config.search.fidelity_temperature,
+        search_fidelity_alpha=config.search.fidelity_alpha,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

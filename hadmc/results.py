@@ -101,6 +101,10 @@ class RunResults:
         cap = self.config.get("search", {}).get("fidelity_temperature") or 20.0  # absent: a run from before the setting
         if fid < 1.0 and cap < 20.0:
             more += f" distilling at T <= {cap:g}" if lr != 1.0 else f", shortened recoveries distilling at T <= {cap:g}"
+        alpha = self.config.get("search", {}).get("fidelity_alpha")  # absent: a run from before the setting
+        alpha = 1.0 if alpha is None else alpha
+        if fid < 1.0 and alpha < 1.0:
+            more += f", distillation weight alpha <= {alpha:g}" if lr != 1.0 or cap < 20.0 else f", shortened recoveries at distillation weight alpha <= {alpha:g}"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

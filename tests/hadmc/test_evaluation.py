@@ -239,7 +239,7 @@ def test_shortened_search_recoveries_train_at_the_search_learning_rate_and_final
         _small_evaluator(trained_small, digits16, search_fidelity_lr=0.5)
 
 
-def test_shortened_search_recoveries_distil_at_the_capped_temperature_and_final_ones_at_the_plan_own(trained_small, digits16, monkeypatch):
+def test_shortened_search_recoveries_distil_at_the_capped_temperature_and_weight_and_final_ones_at_the_plan_own(trained_small, digits16, monkeypatch):
     import hadmc.pipeline as pipeline_module
 
     temperatures = []
@@ -251,21 +251,25 @@ def test_shortened_search_recoveries_distil_at_the_capped_temperature_and_final_
 
     monkeypatch.setattr(pipeline_module, "recover", spy)
     hot = CompressionPlan.uniform(0.3, "fp32", budget=2, temperature=12.0, alpha=0.9)  # 6 steps at 3 batches per epoch
-    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_temperature=4.0)
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_temperature=4.0, search_fidelity_alpha=0.3)
     search, final = ev.evaluate(hot, phase="search"), ev.evaluate(hot, phase="final")
     assert search.ok and final.ok, (search.error, final.error)
-    assert temperatures == [(3, 4.0, 0.9), (6, 12.0, 0.9)]
-    assert search.plan["distill"]["temperature"] == 12.0  # the plan recorded is the plan's own
-    temperatures.clear()  # below the cap, and over the whole budget, the plan's own temperature
-    cool = CompressionPlan.uniform(0.3, "fp32", budget=2, temperature=2.0, alpha=0.9)
+    assert temperatures == [(3, 4.0, 0.3), (6, 12.0, 0.9)]
+    assert search.plan["distill"] == {"alpha": 0.9, "temperature": 12.0}  # the plan recorded is the plan's own
+    temperatures.clear()  # below the caps, and over the whole budget, the plan's own temperature and weight
+    cool = CompressionPlan.uniform(0.3, "fp32", budget=2, temperature=2.0, alpha=0.1)
     assert ev.evaluate(cool, phase="search").ok
-    whole = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=1.0, search_fidelity_temperature=4.0)
+    whole = _small_evaluator(
+        trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=1.0, search_fidelity_temperature=4.0, search_fidelity_alpha=0.3
+    )
     assert whole.evaluate(CompressionPlan.uniform(0.9, "fp32", budget=2, temperature=12.0), phase="search").recovery_steps == 6
-    assert temperatures == [(3, 2.0, 0.9), (6, 12.0, 0.7)]
+    assert temperatures == [(3, 2.0, 0.1), (6, 12.0, 0.7)]
     from hadmc.errors import ConfigError
 
     with pytest.raises(ConfigError, match="search_fidelity_temperature"):
         _small_evaluator(trained_small, digits16, search_fidelity_temperature=0.5)
+    with pytest.raises(ConfigError, match="search_fidelity_alpha"):
+        _small_evaluator(trained_small, digits16, search_fidelity_alpha=1.5)
 
 
 def test_int8_recipe_follows_the_cpu_isa_and_is_recorded(evaluator):

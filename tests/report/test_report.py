@@ -236,6 +236,7 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     search.pop("fidelity_scope", None)  # a run from before the scope rule
     search.pop("fidelity_lr", None)  # and before the learning-rate setting
     search.pop("fidelity_temperature", None)  # and before the temperature cap
+    search.pop("fidelity_alpha", None)  # and before the distillation-weight cap
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
@@ -250,6 +251,10 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     )
     cool = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_temperature": 4.0}})
     assert cool.fidelity_text == "0.15 of each plan's recovery, shortened recoveries distilling at T <= 4"
+    weighed = dataclasses.replace(capped, config={**capped.config, "search": {**capped.config["search"], "fidelity_alpha": 0.3}})
+    assert weighed.fidelity_text == capped.fidelity_text + ", distillation weight alpha <= 0.3"
+    light = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_alpha": 0.3}})
+    assert light.fidelity_text == "0.15 of each plan's recovery, shortened recoveries at distillation weight alpha <= 0.3"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
