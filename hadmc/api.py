@@ -36,6 +36,7 @@ OPTION_PATHS: dict[str, str] = {
     "fidelity_lr": "search.fidelity_lr",
     "fidelity_temperature": "search.fidelity_temperature",
     "fidelity_alpha": "search.fidelity_alpha",
+    "fidelity_batch_size": "search.fidelity_batch_size",
     "bn_select": "search.bn_select",
     "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",

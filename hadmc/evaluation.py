@@ -187,6 +187,8 @@ class PlanEvaluator:
     :param search_fidelity_alpha: and weighs the distillation term by no more than this alpha
         (the rest is cross-entropy on the labels); final evaluations by the plan's own (1:
         always the plan's own)
+    :param search_fidelity_batch_size: and trains on the same images in batches of this size
+        (more, smaller steps; None: ``pipeline["batch_size"]``); final evaluations at that size
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -233,6 +235,7 @@ class PlanEvaluator:
         search_fidelity_lr: float = 1.0,
         search_fidelity_temperature: float = 20.0,
         search_fidelity_alpha: float = 1.0,
+        search_fidelity_batch_size: int | None = None,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -284,6 +287,9 @@ class PlanEvaluator:
         if not 0.0 <= search_fidelity_alpha <= 1.0:
             raise ConfigError(f"search_fidelity_alpha must lie in [0, 1] (a distillation weight), got {search_fidelity_alpha}")
         self.search_fidelity_alpha = float(search_fidelity_alpha)
+        if search_fidelity_batch_size is not None and search_fidelity_batch_size < 1:
+            raise ConfigError(f"search_fidelity_batch_size must be at least 1 (images per step), got {search_fidelity_batch_size}")
+        self.search_fidelity_batch_size = search_fidelity_batch_size
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -562,7 +568,8 @@ class PlanEvaluator:
 
         :param short: `steps` is below the plan's own budget (a search at lower fidelity): recovery
             trains at `search_fidelity_lr` times the recovery learning rate and distils at no more
-            than `search_fidelity_temperature` with at most `search_fidelity_alpha`
+            than `search_fidelity_temperature` with at most `search_fidelity_alpha`, on the same
+            images in batches of `search_fidelity_batch_size`
         """
         from .pipeline import recover
 
@@ -579,9 +586,14 @@ class PlanEvaluator:
             capped = {"temperature": min(plan.distill.temperature, self.search_fidelity_temperature),
                       "alpha": min(plan.distill.alpha, self.search_fidelity_alpha)}  # fmt: skip
             plan = plan.model_copy(update={"distill": plan.distill.model_copy(update=capped)})
+        batch = self.pipeline.get("batch_size", 64)
+        run_batch, run_steps = batch, steps
+        if shortened and self.search_fidelity_batch_size and self.search_fidelity_batch_size < batch:
+            run_batch = self.search_fidelity_batch_size
+            run_steps = steps * batch // run_batch  # the same images, in more and smaller steps
         key = (
             _pruning_key(plan),
-            plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, lr, recal, select, self.seed,
+            plan.distill.model_dump_json(), plan.update.model_dump_json(), steps, lr, recal, select, self.seed, run_batch,
         )  # fmt: skip
         if key in self._students:
             self._students.move_to_end(key)
@@ -593,8 +605,8 @@ class PlanEvaluator:
         t = time.perf_counter()
         info = recover(
             pruned, self.model, plan, self.data,
-            lr=lr, batch_size=self.pipeline.get("batch_size", 64),
-            max_train_batches=self.pipeline.get("max_train_batches"), max_steps=steps,
+            lr=lr, batch_size=run_batch,
+            max_train_batches=self.pipeline.get("max_train_batches"), max_steps=run_steps,
             logits=self._teacher_logits() if steps > 0 else None, bn_recalibration=recal, seed=self.seed,
             refresh_frozen_norms=self.pipeline.get("refresh_frozen_norms", True) and self.bn_recalibration != "never",
             device=self.pipeline.get("train_device", "cpu"),
@@ -887,6 +899,7 @@ def build_evaluator(
         search_fidelity_lr=config.search.fidelity_lr,
         search_fidelity_temperature=config.search.fidelity_temperature,
         search_fidelity_alpha=config.search.fidelity_alpha,
+        search_fidelity_batch_size=config.search.fidelity_batch_size,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

@@ -105,6 +105,10 @@ class RunResults:
         alpha = 1.0 if alpha is None else alpha
         if fid < 1.0 and alpha < 1.0:
             more += f", distillation weight alpha <= {alpha:g}" if lr != 1.0 or cap < 20.0 else f", shortened recoveries at distillation weight alpha <= {alpha:g}"
+        batch = self.config.get("search", {}).get("fidelity_batch_size")  # absent: a run from before the setting
+        if fid < 1.0 and batch is not None and batch < (self.config.get("pipeline", {}).get("batch_size") or 64):
+            shortened = lr != 1.0 or cap < 20.0 or alpha < 1.0
+            more += f", in batches of {batch}" if shortened else f", shortened recoveries in batches of {batch}"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

@@ -84,7 +84,10 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
     assert RunConfig.load(path).search.fidelity_macs_ref == 0.4  # a user's file keeps the default
 
 
-@pytest.mark.parametrize(("field", "plans_own", "default"), [("fidelity_lr", 1.0, 3.0), ("fidelity_temperature", 20.0, 4.0), ("fidelity_alpha", 1.0, 0.3)])
+@pytest.mark.parametrize(
+    ("field", "plans_own", "default"),
+    [("fidelity_lr", 1.0, 3.0), ("fidelity_temperature", 20.0, 4.0), ("fidelity_alpha", 1.0, 0.5), ("fidelity_batch_size", None, 32)],
+)
 def test_search_context_records_how_shortened_recoveries_train_and_older_runs_resume_without_it(tmp_path, field, plans_own, default):
     """The search learning rate and the search temperature cap: in the search context only
     below full fidelity, absent at the value that trains as the plan says (older contexts)."""

@@ -213,30 +213,36 @@ def test_plans_that_train_part_of_the_model_run_more_of_their_recovery_while_sea
     assert plain.recovery_plan(resolve_plan(half, ev.groups), "search") == (2, 9)
 
 
-def test_shortened_search_recoveries_train_at_the_search_learning_rate_and_final_ones_at_the_plan_rate(trained_small, digits16, monkeypatch):
+def test_shortened_search_recoveries_train_at_the_search_learning_rate_and_batch_size_and_final_ones_at_the_plan_own(trained_small, digits16, monkeypatch):
     import hadmc.pipeline as pipeline_module
 
     rates = []
     real = pipeline_module.recover
 
     def spy(*args, **kw):
-        rates.append((kw["max_steps"], kw["lr"]))
+        rates.append((kw["max_steps"], kw["lr"], kw["batch_size"]))
         return real(*args, **kw)
 
     monkeypatch.setattr(pipeline_module, "recover", spy)
     plan = CompressionPlan.uniform(0.3, "fp32", budget=2)  # 6 steps at 3 batches per epoch
-    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_lr=3.0)
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_lr=3.0, search_fidelity_batch_size=32)
     search, final = ev.evaluate(plan, phase="search"), ev.evaluate(plan, phase="final")
     assert search.ok and final.ok, (search.error, final.error)
-    assert rates == [(3, pytest.approx(0.03)), (6, pytest.approx(0.01))]
-    rates.clear()  # a search recovery that runs the whole budget trains at the plan's own rate
-    whole = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=1.0, search_fidelity_lr=3.0)
+    # 3 of 6 steps of 64 images while searching: the same 192 images in 6 steps of 32
+    assert rates == [(6, pytest.approx(0.03), 32), (6, pytest.approx(0.01), 64)]
+    assert search.recovery_steps == 3  # recorded in steps of the plan's own budget
+    rates.clear()  # a search recovery that runs the whole budget trains at the plan's own rate and batch size
+    whole = _small_evaluator(
+        trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=1.0, search_fidelity_lr=3.0, search_fidelity_batch_size=32
+    )
     assert whole.evaluate(CompressionPlan.uniform(0.9, "fp32", budget=2), phase="search").recovery_steps == 6
-    assert rates == [(6, pytest.approx(0.01))]
+    assert rates == [(6, pytest.approx(0.01), 64)]
     from hadmc.errors import ConfigError
 
     with pytest.raises(ConfigError, match="search_fidelity_lr"):
         _small_evaluator(trained_small, digits16, search_fidelity_lr=0.5)
+    with pytest.raises(ConfigError, match="search_fidelity_batch_size"):
+        _small_evaluator(trained_small, digits16, search_fidelity_batch_size=0)
 
 
 def test_shortened_search_recoveries_distil_at_the_capped_temperature_and_weight_and_final_ones_at_the_plan_own(trained_small, digits16, monkeypatch):

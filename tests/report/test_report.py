@@ -237,6 +237,7 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     search.pop("fidelity_lr", None)  # and before the learning-rate setting
     search.pop("fidelity_temperature", None)  # and before the temperature cap
     search.pop("fidelity_alpha", None)  # and before the distillation-weight cap
+    search.pop("fidelity_batch_size", None)  # and before the search batch size
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
@@ -255,6 +256,10 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     assert weighed.fidelity_text == capped.fidelity_text + ", distillation weight alpha <= 0.3"
     light = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_alpha": 0.3}})
     assert light.fidelity_text == "0.15 of each plan's recovery, shortened recoveries at distillation weight alpha <= 0.3"
+    small = dataclasses.replace(weighed, config={**weighed.config, "search": {**weighed.config["search"], "fidelity_batch_size": 32}})
+    assert small.fidelity_text == weighed.fidelity_text + ", in batches of 32"
+    batched = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_batch_size": 32}})
+    assert batched.fidelity_text == "0.15 of each plan's recovery, shortened recoveries in batches of 32"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
