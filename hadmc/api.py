@@ -37,6 +37,8 @@ OPTION_PATHS: dict[str, str] = {
     "fidelity_temperature": "search.fidelity_temperature",
     "fidelity_alpha": "search.fidelity_alpha",
     "fidelity_batch_size": "search.fidelity_batch_size",
+    "fidelity_batch_share": "search.fidelity_batch_share",
+    "fidelity_full_scope": "search.fidelity_full_scope",
     "bn_select": "search.bn_select",
     "floor_slack": "search.floor_slack_pt",
     "finalize_max": "search.finalize_max",

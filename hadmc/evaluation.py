@@ -189,6 +189,13 @@ class PlanEvaluator:
         always the plan's own)
     :param search_fidelity_batch_size: and trains on the same images in batches of this size
         (more, smaller steps; None: ``pipeline["batch_size"]``); final evaluations at that size
+    :param search_fidelity_batch_share: the search batch size applies to shortened recoveries
+        that run less than this share of the plan's steps (1: to every shortened recovery); a
+        narrow student that `search_fidelity_macs_ref` gives most of its budget trains at the
+        plan's own batch size
+    :param search_fidelity_full_scope: a shortened search recovery trains the whole model
+        whatever the plan's update scope; final evaluations train the plan's own scope (False:
+        always the plan's own)
     :param bn_recalibration: re-estimate BatchNorm statistics after pruning and recovery:
         ``select`` (only where it raises the validation accuracy, so the test split never
         decides: in final evaluations that of the exported artifacts, in search ones that of the
@@ -236,6 +243,8 @@ class PlanEvaluator:
         search_fidelity_temperature: float = 20.0,
         search_fidelity_alpha: float = 1.0,
         search_fidelity_batch_size: int | None = None,
+        search_fidelity_batch_share: float = 1.0,
+        search_fidelity_full_scope: bool = False,
         bn_recalibration: Literal["never", "search", "always", "select"] = "select",
         search_bn_select: bool = True,
         teacher_cache: bool = True,
@@ -290,6 +299,15 @@ class PlanEvaluator:
         if search_fidelity_batch_size is not None and search_fidelity_batch_size < 1:
             raise ConfigError(f"search_fidelity_batch_size must be at least 1 (images per step), got {search_fidelity_batch_size}")
         self.search_fidelity_batch_size = search_fidelity_batch_size
+        if not 0.0 < search_fidelity_batch_share <= 1.0:
+            raise ConfigError(f"search_fidelity_batch_share must lie in (0, 1] (a share of the plan's recovery steps), got {search_fidelity_batch_share}")
+        self.search_fidelity_batch_share = float(search_fidelity_batch_share)
+        self.search_fidelity_full_scope = bool(search_fidelity_full_scope)
+        if self.search_fidelity_full_scope and self.search_fidelity_scope:
+            raise ConfigError(
+                "search_fidelity_scope gives plans that train part of the model more steps for their cheaper steps, and "
+                "search_fidelity_full_scope trains the whole model in shortened search recoveries: set one of them false"
+            )
         self._macs_share: dict[tuple, float] = {}
         self._original_macs: int | None = None
         self.bn_recalibration = bn_recalibration
@@ -562,14 +580,16 @@ class PlanEvaluator:
         info = {**info, "bn_recalibrated": use, "bn_select_val": {"re-estimated": recal, "kept": plain, "images": images}}
         return (other if use else student), info
 
-    def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say, short: bool = False) -> tuple[Any, dict]:
+    def _student(self, plan, phase: Phase, steps: int, pruned, timings: dict[str, float], say, full: int | None = None) -> tuple[Any, dict]:
         """The recovered student of `plan`: from the cache when a plan with the same pruning,
         distillation, update and fidelity was recovered already, else pruned and recovered.
 
-        :param short: `steps` is below the plan's own budget (a search at lower fidelity): recovery
-            trains at `search_fidelity_lr` times the recovery learning rate and distils at no more
-            than `search_fidelity_temperature` with at most `search_fidelity_alpha`, on the same
-            images in batches of `search_fidelity_batch_size`
+        :param full: the steps of the plan's own budget; a search recovery of fewer `steps` (a
+            search at lower fidelity) is shortened: it trains at `search_fidelity_lr` times the
+            recovery learning rate and distils at no more than `search_fidelity_temperature`
+            with at most `search_fidelity_alpha`, with `search_fidelity_full_scope` the whole
+            model, and below `search_fidelity_batch_share` of `full` on the same images in
+            batches of `search_fidelity_batch_size`
         """
         from .pipeline import recover
 
@@ -579,16 +599,19 @@ class PlanEvaluator:
             phase == "search" and (self.bn_recalibration == "search" or (self.bn_recalibration == "select" and not self.search_bn_select))
         )
         recal = recal and changed
-        shortened = short and phase == "search"
+        shortened = phase == "search" and full is not None and steps < full
         lr = self.pipeline.get("recovery_lr", 0.01) * (self.search_fidelity_lr if shortened else 1.0)
         if shortened and (plan.distill.temperature > self.search_fidelity_temperature or plan.distill.alpha > self.search_fidelity_alpha):
             # From here on the plan as recovered; the evaluation records the plan's own distillation.
             capped = {"temperature": min(plan.distill.temperature, self.search_fidelity_temperature),
                       "alpha": min(plan.distill.alpha, self.search_fidelity_alpha)}  # fmt: skip
             plan = plan.model_copy(update={"distill": plan.distill.model_copy(update=capped)})
+        if shortened and self.search_fidelity_full_scope and plan.update.scope != "full":
+            plan = plan.model_copy(update={"update": plan.update.model_copy(update={"scope": "full"})})
         batch = self.pipeline.get("batch_size", 64)
         run_batch, run_steps = batch, steps
-        if shortened and self.search_fidelity_batch_size and self.search_fidelity_batch_size < batch:
+        small = self.search_fidelity_batch_size and self.search_fidelity_batch_size < batch
+        if shortened and small and steps < self.search_fidelity_batch_share * full:
             run_batch = self.search_fidelity_batch_size
             run_steps = steps * batch // run_batch  # the same images, in more and smaller steps
         key = (
@@ -680,7 +703,7 @@ class PlanEvaluator:
                         recovery_steps=0, notes=notes,
                     )  # fmt: skip
                     raise _Skipped
-            student, recovery = self._student(resolved, phase, steps, pruned, timings, say, short=steps < full)
+            student, recovery = self._student(resolved, phase, steps, pruned, timings, say, full=full)
             say("export")
             art = self._export(student, resolved, phase)
             timings.update(art.timings)
@@ -900,6 +923,8 @@ def build_evaluator(
         search_fidelity_temperature=config.search.fidelity_temperature,
         search_fidelity_alpha=config.search.fidelity_alpha,
         search_fidelity_batch_size=config.search.fidelity_batch_size,
+        search_fidelity_batch_share=config.search.fidelity_batch_share,
+        search_fidelity_full_scope=config.search.fidelity_full_scope,
         bn_recalibration=p.bn_recalibration,
         search_bn_select=config.search.bn_select,
         teacher_cache=p.teacher_cache,

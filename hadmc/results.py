@@ -109,6 +109,11 @@ class RunResults:
         if fid < 1.0 and batch is not None and batch < (self.config.get("pipeline", {}).get("batch_size") or 64):
             shortened = lr != 1.0 or cap < 20.0 or alpha < 1.0
             more += f", in batches of {batch}" if shortened else f", shortened recoveries in batches of {batch}"
+            share = self.config.get("search", {}).get("fidelity_batch_share")  # absent: a run from before the setting
+            if share is not None and share < 1.0:
+                more += f" below {share:g} of the plan's steps"
+        if fid < 1.0 and self.config.get("search", {}).get("fidelity_full_scope"):  # absent: a run from before the setting
+            more += ", shortened recoveries training the whole model"
         return f"{fid:g} of each plan's recovery{more}"
 
     @property

@@ -86,7 +86,10 @@ def test_a_run_started_before_the_narrow_student_rule_resumes_without_it(tmp_pat
 
 @pytest.mark.parametrize(
     ("field", "plans_own", "default"),
-    [("fidelity_lr", 1.0, 3.0), ("fidelity_temperature", 20.0, 4.0), ("fidelity_alpha", 1.0, 0.5), ("fidelity_batch_size", None, 32)],
+    [
+        ("fidelity_lr", 1.0, 3.0), ("fidelity_temperature", 20.0, 4.0), ("fidelity_alpha", 1.0, 0.5), ("fidelity_batch_size", None, 32),
+        ("fidelity_batch_share", 1.0, 0.5), ("fidelity_full_scope", False, True),
+    ],  # fmt: skip
 )
 def test_search_context_records_how_shortened_recoveries_train_and_older_runs_resume_without_it(tmp_path, field, plans_own, default):
     """The search learning rate and the search temperature cap: in the search context only
@@ -142,12 +145,16 @@ def test_a_run_started_before_the_search_warm_up_setting_resumes_with_the_full_w
 def test_search_context_records_the_scope_rule_and_older_runs_resume_without_it(tmp_path):
     from hadmc.run import config_differences
 
-    base, same = RunConfig.parse({"search": {"fidelity_scope": True}}), RunConfig()
-    assert same.search.fidelity_scope is False  # off since frozen BatchNorm statistics are re-estimated first
+    assert RunConfig().search.fidelity_scope is False  # off since frozen BatchNorm statistics are re-estimated first
+    with pytest.raises(ConfigError, match="set fidelity_full_scope: false to use fidelity_scope"):
+        RunConfig.parse({"search": {"fidelity_scope": True}})  # shortened recoveries train the whole model by default
+    partial = {"fidelity_full_scope": False}
+    base, same = RunConfig.parse({"search": {"fidelity_scope": True, **partial}}), RunConfig.parse({"search": partial})
     assert base.evaluation_context("search") != same.evaluation_context("search")
     assert base.evaluation_context("final") == same.evaluation_context("final")  # final figures never depend on it
     full = {"search": {"fidelity": 1.0}}  # every plan runs its whole budget: no mark
-    assert RunConfig.parse(full).evaluation_context("search") == RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_scope": True}}).evaluation_context("search")
+    scoped = RunConfig.parse({"search": {"fidelity": 1.0, "fidelity_scope": True, **partial}})
+    assert RunConfig.parse({"search": {"fidelity": 1.0, **partial}}).evaluation_context("search") == scoped.evaluation_context("search")
     old = base.model_dump(mode="json")
     del old["search"]["fidelity_scope"]  # stored before the setting: every scope ran the same fraction
     assert config_differences(base, old) == ["search"] and config_differences(same, old) == []

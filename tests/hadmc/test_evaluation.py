@@ -237,12 +237,51 @@ def test_shortened_search_recoveries_train_at_the_search_learning_rate_and_batch
     )
     assert whole.evaluate(CompressionPlan.uniform(0.9, "fp32", budget=2), phase="search").recovery_steps == 6
     assert rates == [(6, pytest.approx(0.01), 64)]
+    rates.clear()  # with a batch share, only recoveries shorter than that share of the budget take the small batch
+    kw = {"search_fidelity": 0.5, "search_fidelity_lr": 3.0, "search_fidelity_batch_size": 32, "student_cache": 0}
+    assert _small_evaluator(trained_small, digits16, search_fidelity_batch_share=0.6, **kw).evaluate(plan, phase="search").ok
+    assert _small_evaluator(trained_small, digits16, search_fidelity_batch_share=0.5, **kw).evaluate(plan, phase="search").ok
+    assert rates == [(6, pytest.approx(0.03), 32), (3, pytest.approx(0.03), 64)]  # 3 < 0.6 * 6; 3 is not < 0.5 * 6
     from hadmc.errors import ConfigError
 
     with pytest.raises(ConfigError, match="search_fidelity_lr"):
         _small_evaluator(trained_small, digits16, search_fidelity_lr=0.5)
     with pytest.raises(ConfigError, match="search_fidelity_batch_size"):
         _small_evaluator(trained_small, digits16, search_fidelity_batch_size=0)
+    with pytest.raises(ConfigError, match="search_fidelity_batch_share"):
+        _small_evaluator(trained_small, digits16, search_fidelity_batch_share=0.0)
+
+
+def test_shortened_search_recoveries_train_the_whole_model_and_final_ones_the_plan_own_scope(trained_small, digits16, monkeypatch):
+    import hadmc.pipeline as pipeline_module
+
+    scopes = []
+    real = pipeline_module.recover
+
+    def spy(student, teacher, plan, *args, **kw):
+        scopes.append((kw["max_steps"], plan.update.scope))
+        return real(student, teacher, plan, *args, **kw)
+
+    monkeypatch.setattr(pipeline_module, "recover", spy)
+    plan = CompressionPlan.uniform(0.5, "fp32", budget=2)  # 6 steps at 3 batches per epoch
+    half = plan.model_copy(update={"update": plan.update.model_copy(update={"scope": "half"})})
+    ev = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_full_scope=True, student_cache=0)
+    search, final = ev.evaluate(half, phase="search"), ev.evaluate(half, phase="final")
+    assert search.ok and final.ok, (search.error, final.error)
+    assert scopes == [(3, "full"), (6, "half")]
+    assert search.plan["update"]["scope"] == "half"  # the evaluation records the plan's own scope
+    scopes.clear()  # without the setting the search recovery trains the plan's own scope
+    assert _small_evaluator(trained_small, digits16, search_fidelity=0.5, student_cache=0).evaluate(half, phase="search").ok
+    assert scopes == [(3, "half")]
+    scopes.clear()  # a search recovery that runs the whole budget is not shortened: the plan's own scope
+    whole = _small_evaluator(trained_small, digits16, search_fidelity=0.5, search_fidelity_macs_ref=1.0, search_fidelity_full_scope=True)
+    narrow = CompressionPlan.uniform(0.9, "fp32", budget=2)
+    assert whole.evaluate(narrow.model_copy(update={"update": half.update}), phase="search").recovery_steps == 6
+    assert scopes == [(6, "half")]
+    from hadmc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set one of them false"):
+        _small_evaluator(trained_small, digits16, search_fidelity_scope=True, search_fidelity_full_scope=True)
 
 
 def test_shortened_search_recoveries_distil_at_the_capped_temperature_and_weight_and_final_ones_at_the_plan_own(trained_small, digits16, monkeypatch):

@@ -238,6 +238,8 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     search.pop("fidelity_temperature", None)  # and before the temperature cap
     search.pop("fidelity_alpha", None)  # and before the distillation-weight cap
     search.pop("fidelity_batch_size", None)  # and before the search batch size
+    search.pop("fidelity_batch_share", None)  # and before its share
+    search.pop("fidelity_full_scope", None)  # and before whole-model search recoveries
     plain = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.25, "fidelity_macs_ref": 0.0}})
     assert plain.fidelity_text == "0.25 of each plan's recovery"
     ruled = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.2, "fidelity_macs_ref": 0.5}})
@@ -260,6 +262,10 @@ def test_search_fidelity_says_when_narrow_or_partly_trained_students_ran_more_of
     assert small.fidelity_text == weighed.fidelity_text + ", in batches of 32"
     batched = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 0.15, "fidelity_macs_ref": 0.0, "fidelity_batch_size": 32}})
     assert batched.fidelity_text == "0.15 of each plan's recovery, shortened recoveries in batches of 32"
+    shared = dataclasses.replace(batched, config={**batched.config, "search": {**batched.config["search"], "fidelity_batch_share": 0.5}})
+    assert shared.fidelity_text == batched.fidelity_text + " below 0.5 of the plan's steps"
+    whole = dataclasses.replace(shared, config={**shared.config, "search": {**shared.config["search"], "fidelity_full_scope": True}})
+    assert whole.fidelity_text == shared.fidelity_text + ", shortened recoveries training the whole model"
     note = re.search(r'<p class="note" id="phases">(.*?)</p>', render_report(ruled)).group(1)
     assert "more for students under 0.5 of the original's MACs" in note
     full = dataclasses.replace(res, config={**res.config, "search": {**search, "fidelity": 1.0, "fidelity_macs_ref": 0.5}})
