@@ -201,7 +201,7 @@ class SearchSpace(_Strict):
         "pruned stem frozen read far below what the whole budget reaches (stem pruned 90%, scope half, T 4, alpha 1: "
         "82.2% after 8 of 60 steps, 96.7% in full; 87.8% at full scope). On the 8-plan pools of three benchmark runs it "
         "brought search readings nearer full fidelity (mean absolute error 3.8, 2.8, 2.6 -> 2.5, 1.7, 1.6 points; "
-        "Spearman 0.48, 0.82, 0.99 -> 0.62, 0.84, 0.89); incompatible with fidelity_scope",
+        "Spearman 0.48, 0.82, 0.99 -> 0.62, 0.84, 0.88); incompatible with fidelity_scope",
     )  # fmt: skip
     fidelity_scope: bool = Field(
         False,
