@@ -252,6 +252,9 @@ class CompressionRun:
         if phase not in self._baselines:
             ev = self.evaluator
             self._baselines[phase] = ev.baseline_for(phase) if hasattr(ev, "baseline_for") else ev.baseline
+            # Measuring the original profiles it: the evaluator's groups now carry their measured
+            # latency shares, which searchers and predictors use (workers report theirs after it).
+            self.groups = list(getattr(ev, "groups", self.groups))
         return self._baselines[phase]
 
     @property
@@ -455,10 +458,11 @@ class CompressionRun:
 
             self._scratch = self._scratch or tempfile.TemporaryDirectory(prefix="hadmc-searcher-")
             directory = Path(self._scratch.name)
+        baseline = self.baseline("search")  # first: it gives the groups their latency shares
         context = SearchContext(
             space=PlanSpace(self.groups, self.layout()),
             config=self.config,
-            baseline=self.baseline("search"),
+            baseline=baseline,
             reward=self.reward,
             reference=self.reference("search"),
             objectives=self.objectives(),

@@ -305,21 +305,63 @@ def test_front_neighbours_include_every_group_moved_one_prune_level(tmp_path):
     run.close()
 
 
-def test_ppo_anchors_include_the_most_pruned_int8_plans_with_stem_and_classifier_in_fp32(tmp_path):
+def test_ppo_anchors_include_the_most_pruned_int8_plans_with_stem_and_classifier_in_fp32_and_cheap_groups_wider(tmp_path):
     run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
     searcher = run.make_searcher()
     space = searcher.impl.space
     anchors = searcher.impl.anchors()
-    assert anchors[:4] == [space.uniform(r, "int8") for r in (0.3, 0.5, 0.7, 0.9)]
+    assert anchors[:4] == [space.uniform(r, "int8", temperature=1.0, alpha=0.0) for r in (0.3, 0.5, 0.7, 0.9)]
+    assert all(a.distill.alpha == 0.0 for a in anchors)  # plain fine-tuning recovered them better
     first, last = space.group_names[0], space.group_names[-1]
     assert (first, last) == ("conv0", "fc")  # network order
     for plain, ends in zip(anchors[2:4], anchors[4:]):
         assert [ends.decision_for(n).precision for n in space.group_names] == ["fp32"] + ["int8"] * (len(space.group_names) - 2) + ["fp32"]
         assert [ends.decision_for(n).prune_ratio for n in space.group_names] == [plain.decision_for(n).prune_ratio for n in space.group_names]
         assert space.decode(space.encode(ends)) == ends  # on the grid
-    asked = [searcher.ask(1) for _ in range(6)]
-    assert [len(a) for a in asked] == [1] * 6  # one plan per ask(1)
+    wider, most = anchors[6], anchors[5]
+    prunable = [g for g in space.groups if len(space.prune_options[g.name]) > 1]
+    share = {g.name: g.latency_share if g.latency_share is not None else g.flops_share for g in prunable}
+    cheap = sorted(share, key=share.get)[: round(len(prunable) / 3)]
+    assert cheap and len(anchors) == 7
+    for n in space.group_names:
+        d, base = wider.decision_for(n), most.decision_for(n)
+        assert d.precision == base.precision
+        if n in cheap:  # the groups cheapest in latency kept wider, at the level at or below 0.5
+            assert d.prune_ratio == max(r for r in space.prune_options[n] if r <= 0.5 + 1e-9) < base.prune_ratio
+        else:
+            assert d.prune_ratio == base.prune_ratio
+    assert space.decode(space.encode(wider)) == wider
+    asked = [searcher.ask(1) for _ in range(7)]
+    assert [len(a) for a in asked] == [1] * 7  # one plan per ask(1)
     assert [a[0] for a in asked] == anchors  # the initial plans start with them, in order
+    searcher.close()
+    run.close()
+
+
+def test_searchers_see_the_latency_shares_that_measuring_the_original_gives_the_groups(tmp_path):
+    from dataclasses import replace
+
+    class Profiling(SurrogateEvaluator):
+        """Like the real evaluator: measuring the original profiles it and sets the shares."""
+
+        def baseline_for(self, phase):
+            out = super().baseline_for(phase)
+            n = len(self.groups)
+            self.groups = [replace(g, latency_share=(n - i) / (n * (n + 1) / 2)) for i, g in enumerate(self.groups)]
+            return out
+
+    run = CompressionRun(config("ppo", budget=12, run_dir=tmp_path), evaluator=Profiling(chain(), cpu()))
+    assert len({g.latency_share for g in run.groups}) == 1  # the fixture's equal shares until the original is measured
+    searcher = run.make_searcher()
+    space = searcher.impl.space
+    n = len(space.groups)
+    assert [g.latency_share for g in space.groups] == [(n - i) / (n * (n + 1) / 2) for i in range(n)]
+    assert run.groups == space.groups
+    # so the anchor keeps the groups measured cheapest wider: the last prunable ones here
+    wider, most = searcher.impl.anchors()[-1], searcher.impl.anchors()[-2]
+    widened = [g for g in space.group_names if wider.decision_for(g).prune_ratio < most.decision_for(g).prune_ratio]
+    prunable = [g for g in space.group_names if len(space.prune_options[g]) > 1]
+    assert widened == prunable[-round(len(prunable) / 3) :]
     searcher.close()
     run.close()
 
