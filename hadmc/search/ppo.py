@@ -74,6 +74,11 @@ WIDER_RATIO = 0.5
 #: Share of front neighbours that move every group one prune level (the rest move one or two
 #: groups): from uniform 70% and 90% anchors, uniform 80% is one such step away.
 GLOBAL_MOVE_SHARE = 0.25
+#: Share of front neighbours that move the distillation (alpha one option, and the temperature
+#: one option half the time) instead of the groups. Without it a front reached from one
+#: distillation setting never left it: with every anchor undistilled, a bench_search seed
+#: (afcd6de, seed 2) spent 56 of its 64 plans next to the uniform 50% anchor, all at alpha 0.
+DISTILL_MOVE_SHARE = 0.2
 
 
 def cheap_groups_wider(space, plan: CompressionPlan, ratio: float) -> CompressionPlan:
@@ -240,7 +245,8 @@ class DynaPPO(Searcher):
 
     def neighbours(self, n: int) -> list[CompressionPlan]:
         """`n` plans one step away from the real front: one or two groups moved a prune level
-        up or down, or switched precision; or every group moved one prune level the same way."""
+        up or down, or switched precision; or every group moved one prune level the same way; or
+        the distillation moved one option (`DISTILL_MOVE_SHARE`)."""
         front_keys = {e.plan_key for e in self._front_evaluations()}
         bases = [p for p, e in zip(self.plans, self.evaluations) if e.plan_key in front_keys]
         if not bases:
@@ -248,7 +254,15 @@ class DynaPPO(Searcher):
         space, out = self.space, []
         for _ in range(n):
             values = space.encode(bases[int(self.rng.integers(len(bases)))])
-            if self.rng.random() < GLOBAL_MOVE_SHARE:
+            move = self.rng.random()
+            if GLOBAL_MOVE_SHARE <= move < GLOBAL_MOVE_SHARE + DISTILL_MOVE_SHARE and len(space.alphas) > 1:
+                for key, opts in (("alpha", space.alphas), ("temperature", space.temperatures)):
+                    if len(opts) > 1 and (key == "alpha" or self.rng.random() < 0.5):
+                        i = opts.index(values[key]) + int(self.rng.choice([-1, 1]))
+                        values[key] = opts[min(max(i, 0), len(opts) - 1)]
+                out.append(space.decode(values))
+                continue
+            if move < GLOBAL_MOVE_SHARE:
                 step = int(self.rng.choice([-1, 1]))
                 for name in space.group_names:
                     opts = space.prune_options[name]

@@ -284,7 +284,7 @@ def test_dyna_ppo_sends_in_turn_the_largest_hypervolume_gain_and_the_largest_rew
     run.close()
 
 
-def test_front_neighbours_include_every_group_moved_one_prune_level(tmp_path):
+def test_front_neighbours_include_every_group_moved_one_prune_level_and_distillation_moves(tmp_path):
     run = surrogate_run(config("ppo", budget=12, run_dir=tmp_path))
     searcher = run.make_searcher()
     dyna, space = searcher.impl, searcher.impl.space
@@ -301,6 +301,11 @@ def test_front_neighbours_include_every_group_moved_one_prune_level(tmp_path):
     uniform_moves = {shift(v, prunable[0]) for v in moved if len({shift(v, n) for n in prunable}) == 1 and shift(v, prunable[0]) != 0}
     assert uniform_moves == {-1, 1}  # every prunable group one level down, or one level up
     assert any(sum(shift(v, n) != 0 for n in prunable) in (1, 2) for v in moved)  # and the local moves
+    distilled = [v for v in moved if v["alpha"] != start["alpha"]]  # and the distillation one option
+    assert distilled
+    for v in distilled:
+        assert abs(space.alphas.index(v["alpha"]) - space.alphas.index(start["alpha"])) == 1
+        assert all(shift(v, n) == 0 for n in prunable) and all(v[f"{n}/precision"] == start[f"{n}/precision"] for n in space.group_names)
     searcher.close()
     run.close()
 
