@@ -244,7 +244,9 @@ class DynaPPO(Searcher):
         if precision == "int8":
             plans += [ends_in_fp32(space, p) for p in plans[-ENDS_FP32_ANCHORS:]]
         wider = cheap_groups_wider(space, plans[-1], WIDER_RATIO)
-        wider = wider.model_copy(update={"distill": wider.distill.model_copy(update={"temperature": 1.0, "alpha": 0.0})})
+        values = space.encode(wider)  # the least distillation the grid offers (none by default)
+        values["alpha"], values["temperature"] = min(space.alphas), min(space.temperatures)
+        wider = space.decode(values)
         return plans + ([wider] if wider not in plans else [])
 
     def neighbours(self, n: int) -> list[CompressionPlan]:
