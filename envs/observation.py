@@ -76,12 +76,12 @@ def predicted_reduction(groups: Sequence[LayerGroup], decisions: Sequence[GroupD
         # The input channels shrink with the group feeding this one when their widths match.
         keep_in = prev_keep if (prev_out == g.in_channels and g.kind != "depthwise") else 1.0
         width = _BYTES_PER_PARAM[d.precision] / 4.0 if d else 1.0
-        share_lat = g.latency_share if g.latency_share is not None else g.flops_share
+        share_lat = g.cost_share
         kept_macs += g.flops_share * keep_out * keep_in
         kept_bytes += g.params_share * keep_out * keep_in * width
         kept_lat += share_lat * keep_out * keep_in
         prev_keep, prev_out = keep_out, g.out_channels
-    total_lat = sum(g.latency_share if g.latency_share is not None else g.flops_share for g in groups) or 1.0
+    total_lat = sum(g.cost_share for g in groups) or 1.0
     total_macs = sum(g.flops_share for g in groups) or 1.0
     total_bytes = sum(g.params_share for g in groups) or 1.0
     return (

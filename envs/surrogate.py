@@ -97,7 +97,7 @@ class SurrogateEvaluator:
             keep = 1.0 - d.prune_ratio
             keep_in = prev_keep if (prev_out == g.in_channels and g.kind != "depthwise") else 1.0
             speed = _SPEED[d.precision] if d.precision in device_precisions else 1.0
-            share = g.latency_share if g.latency_share is not None else g.flops_share
+            share = g.cost_share
             lat += share * keep * keep_in * speed
             bytes_ += g.params_share * keep * keep_in * _WIDTH[d.precision] / 4.0
             macs += g.macs * keep * keep_in

@@ -52,6 +52,11 @@ class LayerGroup:
     macs: int = 0
     params: int = 0
 
+    @property
+    def cost_share(self) -> float:
+        """Share of the original's latency, measured per group where profiled, else its MAC share."""
+        return self.latency_share if self.latency_share is not None else self.flops_share
+
     def features(self) -> np.ndarray:
         """Fixed-length, finite, roughly [0, 1] description of the group."""
         kind = np.zeros(len(GROUP_KINDS), dtype=np.float32)

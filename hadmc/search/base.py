@@ -134,13 +134,17 @@ class PlanSpace:
         """The same decision for every group (the level at or below `prune_ratio` each group allows)."""
         values: dict[str, Any] = {}
         for n in self.group_names:
-            opts = self.prune_options[n]
-            values[f"{n}/prune"] = max((r for r in opts if r <= prune_ratio + 1e-9), default=opts[0])
+            values[f"{n}/prune"] = self.level_at_or_below(n, prune_ratio)
             values[f"{n}/precision"] = precision if precision in self.precisions else self.precisions[0]
         values["update"] = update if update in self.updates else self.best_update()
         values["temperature"] = _nearest(self.temperatures, temperature)
         values["alpha"] = _nearest(self.alphas, alpha)
         return self.decode(values)
+
+    def level_at_or_below(self, group: str, prune_ratio: float) -> float:
+        """The largest prune level of `group` at or below `prune_ratio` (its least where none is)."""
+        opts = self.prune_options[group]
+        return max((r for r in opts if r <= prune_ratio + 1e-9), default=opts[0])
 
     def best_update(self) -> tuple[str, int]:
         """The most thorough recovery offered: widest scope, largest budget."""

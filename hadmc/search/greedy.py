@@ -218,4 +218,4 @@ class GreedySearcher(Searcher):
 
 def _share(space, name: str) -> float:
     g = next(g for g in space.groups if g.name == name)
-    return g.latency_share if g.latency_share is not None else g.flops_share
+    return g.cost_share

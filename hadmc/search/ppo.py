@@ -93,12 +93,10 @@ def cheap_groups_wider(space, plan: CompressionPlan, ratio: float) -> Compressio
     prunable = [g for g in space.groups if len(space.prune_options[g.name]) > 1]
     if not prunable:
         return plan
-    share = {g.name: g.latency_share if g.latency_share is not None else g.flops_share for g in prunable}
-    cheap = sorted(share, key=lambda n: (share[n], space.group_names.index(n)))[: max(1, round(len(prunable) / 3))]
+    cheap = sorted(prunable, key=lambda g: (g.cost_share, space.group_names.index(g.name)))[: max(1, round(len(prunable) / 3))]
     values = space.encode(plan)
-    for name in cheap:
-        level = max((r for r in space.prune_options[name] if r <= ratio + 1e-9), default=space.prune_options[name][0])
-        values[f"{name}/prune"] = min(values[f"{name}/prune"], level)
+    for g in cheap:
+        values[f"{g.name}/prune"] = min(values[f"{g.name}/prune"], space.level_at_or_below(g.name, ratio))
     return space.decode(values)
 
 

@@ -75,7 +75,7 @@ class PlanEncoding:
         self.names = [g.name for g in self.groups]
         G = len(self.groups)
         self.flops = np.array([g.flops_share for g in self.groups], dtype=float)
-        self.lat_share = np.array([g.latency_share if g.latency_share is not None else g.flops_share for g in self.groups], dtype=float)
+        self.lat_share = np.array([g.cost_share for g in self.groups], dtype=float)
         self.params = np.array([max(g.params, 0) for g in self.groups], dtype=float)
         # keep_in of group i follows group i-1 when their widths chain (as in the observation encoder)
         self.chained = np.zeros(G, dtype=bool)

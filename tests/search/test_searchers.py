@@ -324,7 +324,7 @@ def test_ppo_anchors_include_the_most_pruned_int8_plans_with_stem_and_classifier
         assert space.decode(space.encode(ends)) == ends  # on the grid
     wider, most = anchors[6], anchors[5]
     prunable = [g for g in space.groups if len(space.prune_options[g.name]) > 1]
-    share = {g.name: g.latency_share if g.latency_share is not None else g.flops_share for g in prunable}
+    share = {g.name: g.cost_share for g in prunable}
     cheap = sorted(share, key=share.get)[: round(len(prunable) / 3)]
     assert cheap and len(anchors) == 7
     for n in space.group_names:
